@@ -1,0 +1,87 @@
+"""The child API: ``ready``, ``phase``, ``stop_requested``, ``wait_for_stop``.
+
+These are re-exported as ``launch.ready`` and friends. They work only inside a
+process started by launch; elsewhere they raise ``RuntimeError``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import threading
+import time
+from typing import Any
+
+from ._protocol import encode
+
+
+class _Channel:
+    """The child's end of the control socket and what the child knows about itself."""
+
+    def __init__(self, sock: socket.socket, name: str) -> None:
+        self.sock = sock
+        self.name = name
+        self.phase: str | None = None
+        self.ready_sent = False
+        self.stop_event = threading.Event()
+        self._send_lock = threading.Lock()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        data = encode(message)
+        with self._send_lock:
+            self.sock.sendall(data)
+
+
+_channel: _Channel | None = None
+
+
+def _install(channel: _Channel | None) -> None:
+    global _channel
+    _channel = channel
+
+
+def _require(what: str) -> _Channel:
+    if _channel is None:
+        raise RuntimeError(
+            f"launch.{what}() must be called inside a process started by launch "
+            "(open_group / open_pipeline / start_group); this process was not"
+        )
+    return _channel
+
+
+def ready(payload: Any = None) -> None:
+    """Tell the parent that startup is done, handing it ``payload`` (must be picklable).
+
+    Call it once. The parent's ``open_group`` block is entered when every child
+    of the group has called it.
+    """
+    channel = _require("ready")
+    if channel.ready_sent:
+        raise RuntimeError(f"launch.ready() was already called in child {channel.name!r}")
+    try:
+        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(
+            f"launch.ready() payload of child {channel.name!r} is not picklable: {exc}"
+        ) from exc
+    channel.send(("ready", data, time.monotonic()))
+    channel.ready_sent = True
+
+
+def phase(name: str) -> None:
+    """Record that the child entered startup phase ``name`` (shown in errors and timelines)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("launch.phase() needs a non-empty string")
+    channel = _require("phase")
+    channel.phase = name
+    channel.send(("phase", name, time.monotonic()))
+
+
+def stop_requested() -> bool:
+    """True once the parent has asked this child to stop (cooperative stop)."""
+    return _require("stop_requested").stop_event.is_set()
+
+
+def wait_for_stop(timeout: float | None = None) -> bool:
+    """Block until the parent asks this child to stop; returns False on ``timeout``."""
+    return _require("wait_for_stop").stop_event.wait(timeout)

@@ -1,0 +1,124 @@
+"""launch's own forkserver: a process that imports heavy modules once and forks children.
+
+It is started by ``launch._forkserver`` with one end of a SOCK_SEQPACKET socketpair as
+its only link to the parent. Requests (one datagram each, pickled):
+
+- ``("preload", modules, sys_path, cwd)`` → ``("warm", None)`` or ``("warm", traceback)``
+- ``("fork", parent_pid)`` with two fds (the child's control socket, a status pipe's
+  write end) → ``("forked", pid)``
+
+When a child exits, the server kills what is left of its process group, reaps it and
+writes its exit code (4 bytes, signed) to the status pipe. EOF on the request socket
+means the parent is gone or done: the server exits (its children have their own death
+watch on their control sockets).
+
+Like the bootstrap, this module imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+import traceback
+from typing import Any
+
+from ._bootstrap import fork_main
+
+STATUS = struct.Struct("!i")
+
+
+def _preload(modules: list[str], sys_path: list[str], cwd: str) -> str | None:
+    sys.path[:] = sys_path
+    os.chdir(cwd)
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    except BaseException:
+        return traceback.format_exc()
+    return None
+
+
+def _reap(status_fds: dict[int, int]) -> None:
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None:
+            return
+        pid = info.si_pid
+        try:
+            os.killpg(pid, signal.SIGKILL)  # stragglers of its group, while the pgid is still held
+        except OSError:
+            pass
+        _, status = os.waitpid(pid, 0)
+        fd = status_fds.pop(pid, None)
+        if fd is not None:
+            try:
+                os.write(fd, STATUS.pack(os.waitstatus_to_exitcode(status)))
+            except OSError:
+                pass
+            os.close(fd)
+
+
+def serve(fd: int) -> None:
+    """Serve fork requests on socket ``fd`` until the parent closes it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=fd)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    status_fds: dict[int, int] = {}
+    me = os.getpid()
+
+    while True:
+        try:
+            readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
+        except InterruptedError:
+            continue
+        if wake_r in readable:
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            _reap(status_fds)
+        if sock.fileno() not in readable:
+            continue
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 2)
+        except OSError:
+            data, fds = b"", []
+        if not data:
+            break
+        request: tuple[Any, ...] = pickle.loads(data)
+        if request[0] == "preload":
+            error = _preload(*request[1:])
+            sock.send(pickle.dumps(("warm", error)))
+        elif request[0] == "fork":
+            control_fd, status_fd = fds
+            pid = os.fork()
+            if pid == 0:
+                sock.close()
+                os.close(wake_r)
+                os.close(wake_w)
+                os.close(status_fd)
+                for other in status_fds.values():
+                    os.close(other)
+                fork_main(control_fd, me)
+            os.close(control_fd)
+            status_fds[pid] = status_fd
+            sock.send(pickle.dumps(("forked", pid)))
+        else:
+            for unexpected in fds:
+                os.close(unexpected)
+    for status_fd in status_fds.values():
+        os.close(status_fd)

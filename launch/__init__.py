@@ -1,0 +1,86 @@
+"""launch: a structured-concurrency launch layer for multi-process inference engines.
+
+Start a tree of processes concurrently, wait until each says READY, supervise them,
+and tear every one down, fast and completely, with the root cause in hand.
+
+``import launch`` is cheap: the names that need anyio load on first use, so a child
+process that only calls ``launch.ready()`` never imports anyio or trio.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from _launch_child._api import phase, ready, stop_requested, wait_for_stop
+
+from ._errors import (
+    ChildCrashed,
+    ChildDied,
+    ChildFailed,
+    LaunchFailed,
+    ReadyTimeout,
+    SpawnFailed,
+)
+from ._spec import ProcessSpec, ShutdownPolicy, StartMethod
+
+__version__ = "0.1.0"
+
+logging.getLogger("launch").addHandler(logging.NullHandler())
+
+if TYPE_CHECKING:
+    from ._child import Child, ChildState, ChildTimes
+    from ._forkserver import ForkserverError, prewarm
+    from ._group import Group, open_group
+    from ._teardown import Unreaped
+
+_LAZY = {
+    "Child": "._child",
+    "ChildState": "._child",
+    "ChildTimes": "._child",
+    "Group": "._group",
+    "open_group": "._group",
+    "prewarm": "._forkserver",
+    "ForkserverError": "._forkserver",
+    "Unreaped": "._teardown",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'launch' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = [
+    "Child",
+    "ChildCrashed",
+    "ChildDied",
+    "ChildFailed",
+    "ChildState",
+    "ChildTimes",
+    "ForkserverError",
+    "Group",
+    "LaunchFailed",
+    "ProcessSpec",
+    "ReadyTimeout",
+    "ShutdownPolicy",
+    "SpawnFailed",
+    "StartMethod",
+    "Unreaped",
+    "open_group",
+    "phase",
+    "prewarm",
+    "ready",
+    "stop_requested",
+    "wait_for_stop",
+]

@@ -1,0 +1,153 @@
+"""The live handle of one child: what the parent knows about it, and its runtime parts."""
+
+from __future__ import annotations
+
+import enum
+import pickle
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from _launch_child._protocol import ErrorReport
+
+from ._channel import ControlChannel
+from ._process import ProcessHandle
+from ._spec import ProcessSpec
+
+
+class ChildState(enum.Enum):
+    """Where a child is in its life."""
+
+    PENDING = "pending"  # not spawned yet
+    STARTING = "starting"  # spawned, READY not received
+    READY = "ready"  # READY received, running
+    STOPPING = "stopping"  # teardown asked it to stop
+    EXITED = "exited"  # gone and reaped
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class ChildTimes:
+    """Timestamps of one child on the system-wide ``time.monotonic()`` clock."""
+
+    spawn_requested: float | None = None
+    spawned: float | None = None
+    lock_wait_s: float = 0.0
+    booted: float | None = None
+    phases: list[tuple[str, float]] = field(default_factory=list)
+    ready: float | None = None
+    stop_requested: float | None = None
+    exited: float | None = None
+
+    @property
+    def startup_s(self) -> float | None:
+        """Seconds from spawn request to READY."""
+        if self.spawn_requested is None or self.ready is None:
+            return None
+        return self.ready - self.spawn_requested
+
+
+class Child:
+    """One launched process. Attributes are read-only views kept current by the group."""
+
+    def __init__(self, spec: ProcessSpec, group: str) -> None:
+        self.spec = spec
+        self.group = group
+        self.state = ChildState.PENDING
+        self.times = ChildTimes()
+        self.phase: str | None = None
+        self.exitcode: int | None = None
+        self._payload: Any = None
+        # runtime parts, owned by the group's task tree
+        self._process: ProcessHandle | None = None
+        self._channel: ControlChannel | None = None
+        self._error: ErrorReport | None = None
+        self._payload_error: BaseException | None = None
+        self._spawn_done = anyio.Event()
+        self._settled = anyio.Event()  # READY, or exited
+        self._exited = anyio.Event()
+        self._eof = anyio.Event()
+        self._watch_scope = anyio.CancelScope(shield=True)
+
+    @property
+    def name(self) -> str:
+        """The spec's name."""
+        return self.spec.name
+
+    @property
+    def pid(self) -> int | None:
+        """The process id, once spawned."""
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def ready(self) -> bool:
+        """True once READY has been received (stays true after the child exits)."""
+        return self.times.ready is not None
+
+    @property
+    def payload(self) -> Any:
+        """What the child passed to ``launch.ready(...)``."""
+        if not self.ready:
+            raise RuntimeError(f"child {self.name!r} is not READY (state {self.state})")
+        return self._payload
+
+    def __repr__(self) -> str:
+        return f"<Child {self.name!r} pid={self.pid} state={self.state} exitcode={self.exitcode}>"
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "booted":
+            self.times.booted = message[1]
+        elif kind == "phase":
+            self.phase = message[1]
+            self.times.phases.append((message[1], message[2]))
+        elif kind == "ready":
+            try:
+                self._payload = pickle.loads(message[1])
+            except Exception as exc:  # e.g. the payload's class is not importable here
+                self._payload_error = exc
+            else:
+                self.times.ready = message[2]
+                if self.state is ChildState.STARTING:
+                    self.state = ChildState.READY
+            self._settled.set()
+        elif kind == "error":
+            self._error = message[1]
+
+    # --- what teardown needs (see launch._teardown.Stoppable) ---
+
+    @property
+    def has_exited(self) -> bool:
+        """True once the process is gone (or was never spawned)."""
+        return self._exited.is_set()
+
+    async def wait_exited(self) -> None:
+        await self._exited.wait()
+
+    def request_stop(self) -> bool:
+        if self._channel is None or self._channel.closed:
+            return False
+        self._mark_stopping()
+        return self._channel.send_nowait(("stop",))
+
+    def send_signal(self, sig: int) -> None:
+        if self._process is not None:
+            self._mark_stopping()
+            self._process.send_signal(sig)
+
+    def kill_group(self) -> None:
+        if self._process is not None:
+            self._process.kill_group()
+
+    def abandon(self) -> None:
+        self._watch_scope.cancel()
+
+    def _mark_stopping(self) -> None:
+        if self.times.stop_requested is None:
+            self.times.stop_requested = time.monotonic()
+        if self.state in (ChildState.STARTING, ChildState.READY):
+            self.state = ChildState.STOPPING

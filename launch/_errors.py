@@ -1,0 +1,157 @@
+"""Failures of launched children, as exceptions with the facts as attributes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+TRACEBACK_TAIL_LINES = 12
+
+
+class ChildFailed(Exception):
+    """One child failed. Base of :class:`SpawnFailed`, :class:`ChildCrashed`,
+    :class:`ReadyTimeout` and :class:`ChildDied`.
+
+    Attributes: ``name``, ``group``, ``pid`` (None if never spawned), ``exitcode``
+    (negative: killed by that signal; None: still running when it was declared failed),
+    ``phase`` (the child's last ``launch.phase``), ``remote_traceback`` (the child's own
+    traceback text, or the parent's for a :class:`SpawnFailed`), ``remote_type``,
+    ``spawned_at`` and ``failed_at`` (``time.monotonic()`` values).
+    """
+
+    what = "failed"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        group: str = "",
+        pid: int | None = None,
+        exitcode: int | None = None,
+        phase: str | None = None,
+        remote_traceback: str | None = None,
+        remote_type: str | None = None,
+        remote_message: str | None = None,
+        spawned_at: float | None = None,
+        failed_at: float = 0.0,
+        detail: str = "",
+    ) -> None:
+        super().__init__(name)
+        self.name = name
+        self.group = group
+        self.pid = pid
+        self.exitcode = exitcode
+        self.phase = phase
+        self.remote_traceback = remote_traceback
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.spawned_at = spawned_at
+        self.failed_at = failed_at
+        self.detail = detail
+
+    def summary(self) -> str:
+        """One line: who, what, where."""
+        who = f"child {self.name!r}"
+        if self.group:
+            who += f" of group {self.group!r}"
+        if self.pid is not None:
+            who += f" (pid {self.pid})"
+        parts = [f"{who} {self.what}"]
+        if self.remote_type:
+            msg = f": {self.remote_message}" if self.remote_message else ""
+            parts.append(f"with {self.remote_type}{msg}")
+        if self.exitcode is not None:
+            parts.append(_describe_exit(self.exitcode))
+        parts.append(f"in phase {self.phase!r}" if self.phase else "before any launch.phase()")
+        if self.detail:
+            parts.append(self.detail)
+        return ", ".join(parts)
+
+    def __str__(self) -> str:
+        text = self.summary()
+        if self.remote_traceback:
+            lines = self.remote_traceback.rstrip("\n").splitlines()
+            tail = lines[-TRACEBACK_TAIL_LINES:]
+            cut = "" if len(lines) <= len(tail) else f" (last {len(tail)} lines)"
+            text += f"\n--- traceback of {self.name!r}{cut} ---\n" + "\n".join(tail)
+        return text
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.name, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[ChildFailed], name: str, state: dict[str, object]) -> ChildFailed:
+    exc = cls(name)
+    exc.__dict__.update(state)
+    return exc
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class SpawnFailed(ChildFailed):
+    """The spawn itself failed in the parent: bad target, unpicklable kwargs, fork error."""
+
+    what = "could not be spawned"
+
+
+class ChildCrashed(ChildFailed):
+    """The child raised, or exited (with any code, 0 included), before READY."""
+
+    what = "crashed before READY"
+
+
+class ReadyTimeout(ChildFailed):
+    """READY did not come within the child's ``ready_timeout``."""
+
+    what = "did not become READY in time"
+
+
+class ChildDied(ChildFailed):
+    """A child exited after READY while the group was running."""
+
+    what = "died after READY"
+
+
+class LaunchFailed(ExceptionGroup[ChildFailed]):
+    """Raised by ``open_group`` / ``open_pipeline``: every leaf is a :class:`ChildFailed`.
+
+    ``.first`` is the earliest failure, the root cause; siblings stopped because of it
+    are not in the group.
+    """
+
+    def __new__(cls, message: str, exceptions: Sequence[ChildFailed]) -> LaunchFailed:
+        return super().__new__(cls, message, exceptions)
+
+    @property
+    def first(self) -> ChildFailed:
+        """The earliest failure by ``failed_at``."""
+        leaves = list(_leaves(self))
+        return min(leaves, key=lambda exc: exc.failed_at)
+
+    def derive(self, excs: Sequence[ChildFailed]) -> LaunchFailed:  # type: ignore[override]
+        return LaunchFailed(self.message, excs)
+
+
+def _leaves(group: BaseExceptionGroup[ChildFailed]) -> list[ChildFailed]:
+    out: list[ChildFailed] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        else:
+            out.append(exc)
+    return out
+
+
+def launch_failed(group: str, failures: Sequence[ChildFailed]) -> LaunchFailed:
+    """Build the group error; its message carries the root cause's summary line."""
+    ordered = sorted(failures, key=lambda exc: exc.failed_at)
+    more = f" (+{len(ordered) - 1} more)" if len(ordered) > 1 else ""
+    return LaunchFailed(f"group {group!r} failed: {ordered[0].summary()}{more}", ordered)

@@ -1,0 +1,262 @@
+"""``open_group``: the task tree that starts, supervises and tears down one group.
+
+::
+
+    open_group ── task group
+     ├─ watch(child) × N    shielded: read its control socket, wait for its exit, reap it
+     ├─ startup ── task group
+     │   └─ start(child) × N   spawn in to_thread.run_sync (launch lock) → send boot
+     │                         → await READY | exit | deadline
+     ├─ body (the caller's block), in a cancel scope that a child's death cancels
+     └─ finally: teardown, shielded and bounded
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ._channel import ControlChannel
+from ._child import Child, ChildState
+from ._errors import (
+    ChildCrashed,
+    ChildDied,
+    ChildFailed,
+    ReadyTimeout,
+    SpawnFailed,
+    launch_failed,
+)
+from ._forkserver import FORKSERVER, ForkserverError
+from ._spawn import build_boot, spawn
+from ._spec import ProcessSpec, ShutdownPolicy, validate_group
+from ._teardown import Unreaped, teardown
+
+logger = logging.getLogger("launch")
+
+_DRAIN_S = 0.5  # after a child exits, how long its last messages may take to arrive
+
+
+class Group:
+    """Children started together and supervised as one unit.
+
+    ``group["name"]`` is a :class:`Child`; ``group.children`` keeps spec order.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        specs: Iterable[ProcessSpec],
+        shutdown: ShutdownPolicy,
+        env_overlay: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.shutdown = shutdown
+        self.children: tuple[Child, ...] = tuple(Child(spec, name) for spec in specs)
+        self._by_name = {child.name: child for child in self.children}
+        self.failures: list[ChildFailed] = []
+        self.unreaped: list[Unreaped] = []
+        self._env_overlay = dict(env_overlay or {})
+        self._stopping = False
+        self._startup_scope: anyio.CancelScope | None = None
+        self._body_scope: anyio.CancelScope | None = None
+
+    def __getitem__(self, name: str) -> Child:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(
+                f"group {self.name!r} has no child {name!r}; children: {', '.join(self._by_name)}"
+            ) from None
+
+    def __iter__(self) -> Iterator[Child]:
+        return iter(self.children)
+
+    def __len__(self) -> int:
+        return len(self.children)
+
+    def __repr__(self) -> str:
+        return f"<Group {self.name!r} {[str(c.state) for c in self.children]}>"
+
+    # --- failures ---
+
+    def _fail(self, failure: ChildFailed) -> None:
+        logger.error("%s", failure.summary())
+        self.failures.append(failure)
+        for scope in (self._startup_scope, self._body_scope):
+            if scope is not None:
+                scope.cancel()
+
+    def _failure(self, cls: type[ChildFailed], child: Child, detail: str = "") -> ChildFailed:
+        report = child._error
+        return cls(
+            child.name,
+            group=self.name,
+            pid=child.pid,
+            exitcode=child.exitcode,
+            phase=report.phase if report is not None and report.phase else child.phase,
+            remote_traceback=report.traceback if report is not None else None,
+            remote_type=report.type_name if report is not None else None,
+            remote_message=report.message if report is not None else None,
+            spawned_at=child.times.spawned,
+            failed_at=time.monotonic(),
+            detail=detail,
+        )
+
+    # --- the task tree ---
+
+    async def _watch(self, child: Child, *, task_status: TaskStatus[None]) -> None:
+        """Own one child's process from spawn to reap; report a death after READY."""
+        with child._watch_scope:
+            task_status.started()
+            try:
+                await child._spawn_done.wait()
+                process, channel = child._process, child._channel
+                if process is None or channel is None:
+                    return
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._read, child, channel)
+                    await process.wait_exited()
+                    with anyio.move_on_after(_DRAIN_S):
+                        await child._eof.wait()
+                    tg.cancel_scope.cancel()
+                child.exitcode = process.reap()
+                child.times.exited = time.monotonic()
+                child.state = ChildState.EXITED
+                logger.debug(
+                    "child %r (pid %s) exited with %s", child.name, child.pid, child.exitcode
+                )
+            finally:
+                if child._channel is not None:
+                    child._channel.close()
+                if child._process is not None and child.state is ChildState.EXITED:
+                    child._process.close()
+                child._exited.set()
+                child._settled.set()
+        if child.state is ChildState.EXITED and child.ready and not self._stopping:
+            self._fail(self._failure(ChildDied, child))
+
+    async def _read(self, child: Child, channel: ControlChannel) -> None:
+        while (message := await channel.receive()) is not None:
+            child._handle(message)
+        child._eof.set()
+
+    async def _start(self, child: Child) -> None:
+        """Spawn one child and wait for its READY, its exit or its deadline."""
+        spec = child.spec
+        try:
+            boot = build_boot(spec, self.name)
+            if spec.start_method == "forkserver":
+                try:
+                    # Outside the launch lock, so a slow preload blocks no other spawn.
+                    await anyio.to_thread.run_sync(FORKSERVER.wait_warm, abandon_on_cancel=True)
+                except ForkserverError as exc:
+                    raise SpawnFailed(
+                        child.name, group=self.name, failed_at=time.monotonic(), detail=str(exc)
+                    ) from exc
+            child.times.spawn_requested = time.monotonic()
+
+            def spawn_in_thread() -> None:
+                spawned = spawn(spec, self.name, self._env_overlay)
+                # Registered here, in the thread, so that a cancel arriving during the spawn
+                # still finds the process to tear down.
+                child._process = spawned.process
+                child._channel = ControlChannel(spawned.sock)
+                child.times.spawned = spawned.spawned_at
+                child.times.lock_wait_s = spawned.lock_wait_s
+                child.state = ChildState.STARTING
+
+            await anyio.to_thread.run_sync(spawn_in_thread)
+        except SpawnFailed as exc:
+            self._fail(exc)
+            return
+        finally:
+            child._spawn_done.set()
+
+        assert child._channel is not None
+        logger.debug("child %r spawned (pid %s)", child.name, child.pid)
+        await child._channel.send(("boot", boot))
+        deadline = spec.ready_timeout
+        with anyio.move_on_after(deadline if deadline is not None else float("inf")) as scope:
+            await child._settled.wait()
+        if child.ready:
+            logger.debug("child %r READY", child.name)
+            return
+        if child._payload_error is not None:
+            bad = child._payload_error
+            self._fail(
+                self._failure(
+                    ChildCrashed,
+                    child,
+                    detail=f"its READY payload could not be unpickled in the parent: "
+                    f"{type(bad).__name__}: {bad}",
+                )
+            )
+        elif scope.cancelled_caught:
+            self._fail(self._failure(ReadyTimeout, child, detail=f"ready_timeout={deadline}s"))
+        else:
+            await child._exited.wait()
+            self._fail(self._failure(ChildCrashed, child))
+
+    async def _startup(self) -> None:
+        with anyio.CancelScope() as self._startup_scope:
+            async with anyio.create_task_group() as tg:
+                for child in self.children:
+                    tg.start_soon(self._start, child)
+        self._startup_scope = None
+
+    async def _teardown(self) -> None:
+        self._stopping = True
+        for child in self.children:  # startup is over: no spawn is coming for the rest
+            child._spawn_done.set()
+        self.unreaped = await teardown(self.children, self.shutdown)
+
+
+@asynccontextmanager
+async def _run_group(group: Group) -> AsyncIterator[Group]:
+    unwrapped: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            try:
+                for child in group.children:
+                    await tg.start(group._watch, child)
+                await group._startup()
+                if not group.failures:
+                    with anyio.CancelScope() as group._body_scope:
+                        yield group
+                    group._body_scope = None
+            finally:
+                await group._teardown()
+    except BaseExceptionGroup as eg:
+        # Our own tasks never raise; what is here came from the caller's block (or a cancel).
+        if len(eg.exceptions) != 1:
+            raise
+        unwrapped = eg.exceptions[0]
+    if unwrapped is not None:
+        raise unwrapped  # outside the except: no "during handling" chain onto the group
+    if group.failures:
+        error = launch_failed(group.name, group.failures)
+        for stuck in group.unreaped:
+            error.add_note(str(stuck))
+        raise error
+
+
+def open_group(
+    specs: Iterable[ProcessSpec],
+    *,
+    name: str = "group",
+    shutdown: ShutdownPolicy | None = None,
+) -> AbstractAsyncContextManager[Group]:
+    """Start ``specs`` concurrently; enter the block once every child is READY.
+
+    While the block runs, a child exiting cancels it and :class:`LaunchFailed` is raised.
+    Leaving the block stops every child (cooperative stop, SIGTERM, SIGKILL) and reaps
+    them all, also on error or cancellation. Raises ``ValueError`` for invalid specs
+    before anything is spawned.
+    """
+    specs = validate_group(specs, name)
+    return _run_group(Group(name, specs, shutdown or ShutdownPolicy()))

@@ -1,0 +1,148 @@
+"""Spawning one child: build its boot message, then start it under the launch lock.
+
+The launch lock serializes only the parent-side env overlay and the spawn itself: a
+few milliseconds per child. Everything slow (the child's interpreter start, its
+imports, its init, the READY handshake) happens outside it, concurrently.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from _launch_child._protocol import Boot
+
+from ._errors import SpawnFailed
+from ._forkserver import FORKSERVER, ForkserverError
+from ._lock import LAUNCH_LOCK
+from ._process import DirectProcess, ForkserverProcess, ProcessHandle
+from ._spec import ProcessSpec
+
+_CHILD_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Spawned:
+    """What a successful spawn hands back to the group."""
+
+    process: ProcessHandle
+    sock: socket.socket
+    lock_wait_s: float
+    spawned_at: float
+
+
+def build_boot(spec: ProcessSpec, group: str) -> Boot:
+    """Pickle the target and kwargs in the parent, so a bad one fails before any spawn."""
+    target_pickle = None
+    main_prep = None
+    try:
+        if not isinstance(spec.target, str):
+            target_pickle = pickle.dumps(spec.target, protocol=pickle.HIGHEST_PROTOCOL)
+            if getattr(spec.target, "__module__", None) == "__main__":
+                from multiprocessing import spawn as mp_spawn
+
+                main_prep = mp_spawn.get_preparation_data(spec.name)
+        kwargs_pickle = pickle.dumps(dict(spec.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        what = "kwargs" if target_pickle is not None or isinstance(spec.target, str) else "target"
+        raise SpawnFailed(
+            spec.name,
+            group=group,
+            failed_at=time.monotonic(),
+            remote_type=type(exc).__qualname__,
+            remote_message=str(exc),
+            detail=f"its {what} could not be pickled; nothing was started",
+        ) from exc
+    return Boot(
+        name=spec.name,
+        target=spec.target if isinstance(spec.target, str) else None,
+        target_pickle=target_pickle,
+        kwargs_pickle=kwargs_pickle,
+        env=dict(spec.env),
+        sys_path=list(sys.path),
+        cwd=os.getcwd(),
+        main_prep=main_prep,
+    )
+
+
+@contextmanager
+def env_overlay(overlay: Mapping[str, str] | None) -> Iterator[None]:
+    """Set ``overlay`` on ``os.environ`` and restore it; only ever under LAUNCH_LOCK."""
+    if not overlay:
+        yield
+        return
+    saved = {key: os.environ.get(key) for key in overlay}
+    os.environ.update(overlay)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _start_spawn(fd: int) -> ProcessHandle:
+    code = (
+        f"import sys; sys.path.insert(0, {_CHILD_PACKAGE_ROOT!r}); "
+        f"from _launch_child._bootstrap import spawn_main; spawn_main({fd}, {os.getpid()})"
+    )
+    args = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", code]  # type: ignore[attr-defined]
+    popen = subprocess.Popen(args, pass_fds=(fd,), start_new_session=True, stdin=subprocess.DEVNULL)
+    return DirectProcess(popen.pid, popen)
+
+
+def _start_fork(fd: int, parent_fd: int) -> ProcessHandle:
+    parent_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.close(parent_fd)
+        from _launch_child._bootstrap import fork_main
+
+        fork_main(fd, parent_pid)
+    return DirectProcess(pid)
+
+
+def _start_forkserver(fd: int) -> ProcessHandle:
+    pid, status_fd = FORKSERVER.fork(fd, os.getpid())
+    return ForkserverProcess(pid, status_fd)
+
+
+def spawn(spec: ProcessSpec, group: str, overlay: Mapping[str, str] | None = None) -> Spawned:
+    """Start one child (blocking: run it in a worker thread). Raises :class:`SpawnFailed`."""
+    parent_sock, child_sock = socket.socketpair()
+    requested = time.monotonic()
+    try:
+        with LAUNCH_LOCK:
+            acquired = time.monotonic()
+            with env_overlay(overlay):
+                if spec.start_method == "spawn":
+                    process = _start_spawn(child_sock.fileno())
+                elif spec.start_method == "fork":
+                    process = _start_fork(child_sock.fileno(), parent_sock.fileno())
+                else:
+                    process = _start_forkserver(child_sock.fileno())
+    except BaseException as exc:
+        parent_sock.close()
+        if not isinstance(exc, Exception):
+            raise
+        detail = str(exc) if isinstance(exc, ForkserverError) else ""
+        raise SpawnFailed(
+            spec.name,
+            group=group,
+            failed_at=time.monotonic(),
+            remote_type=type(exc).__qualname__,
+            remote_message=str(exc).splitlines()[0] if str(exc) else None,
+            detail=f"{spec.start_method} failed" + (f"\n{detail}" if detail else ""),
+        ) from exc
+    finally:
+        child_sock.close()
+    return Spawned(process, parent_sock, acquired - requested, time.monotonic())

@@ -1,0 +1,130 @@
+"""What to launch: ``ProcessSpec`` and ``ShutdownPolicy``, validated at construction."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+StartMethod = Literal["spawn", "forkserver", "fork"]
+START_METHODS: tuple[str, ...] = ("spawn", "forkserver", "fork")
+
+_TARGET_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _check_timeout(owner: str, key: str, value: float | None, *, allow_none: bool) -> None:
+    if value is None:
+        if not allow_none:
+            raise ValueError(f"{owner}: {key} must be a number of seconds, not None")
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{owner}: {key} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{owner}: {key} must be >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What one child runs.
+
+    ``target`` is a ``"module:qualname"`` string (preferred: it is imported inside the
+    child after ``env`` is applied) or a picklable callable. ``kwargs`` are pickled in
+    the parent; ``env`` is applied inside the child before the target is imported;
+    ``ready_timeout`` counts from the spawn to READY (``None``: no deadline).
+    """
+
+    target: str | Callable[..., Any]
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    start_method: StartMethod = "spawn"
+    ready_timeout: float | None = 600.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"ProcessSpec name must be a non-empty string, got {self.name!r}")
+        owner = f"ProcessSpec {self.name!r}"
+        if isinstance(self.target, str):
+            if not _TARGET_RE.match(self.target):
+                raise ValueError(
+                    f"{owner}: target {self.target!r} is not of the form 'module:qualname' "
+                    "(e.g. 'mypkg.engine:run')"
+                )
+        elif not callable(self.target):
+            raise ValueError(
+                f"{owner}: target must be a 'module:qualname' string or a callable, "
+                f"got {type(self.target).__name__}"
+            )
+        if self.start_method not in START_METHODS:
+            raise ValueError(
+                f"{owner}: unknown start method {self.start_method!r}; "
+                f"expected one of {', '.join(START_METHODS)}"
+            )
+        if not isinstance(self.kwargs, Mapping) or not all(isinstance(k, str) for k in self.kwargs):
+            raise ValueError(f"{owner}: kwargs must be a mapping with string keys")
+        if not isinstance(self.env, Mapping):
+            raise ValueError(f"{owner}: env must be a mapping of str to str")
+        for key, value in self.env.items():
+            if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+                raise ValueError(f"{owner}: env key {key!r} is not a valid variable name")
+            if not isinstance(value, str) or "\0" in value:
+                raise ValueError(
+                    f"{owner}: env[{key!r}] must be a string, got {type(value).__name__} {value!r}"
+                )
+        _check_timeout(owner, "ready_timeout", self.ready_timeout, allow_none=True)
+        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+
+    @property
+    def target_name(self) -> str:
+        """The target as text, for messages."""
+        if isinstance(self.target, str):
+            return self.target
+        module = getattr(self.target, "__module__", "?")
+        return f"{module}:{getattr(self.target, '__qualname__', repr(self.target))}"
+
+
+@dataclass(frozen=True)
+class ShutdownPolicy:
+    """How children are stopped when a group is left or fails.
+
+    A READY child first gets a cooperative stop (``launch.stop_requested()`` turns
+    true) and ``stop_timeout`` seconds to exit; then SIGTERM and ``term_timeout``
+    seconds; then SIGKILL to its whole process group and ``kill_timeout`` seconds,
+    after which a process that still has not exited (state D) is reported, not waited
+    on. A child that is not READY yet starts at SIGTERM. Every child is stopped
+    concurrently, so a teardown takes at most the sum of the three timeouts.
+    """
+
+    stop_timeout: float = 2.0
+    term_timeout: float = 2.0
+    kill_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        for key in ("stop_timeout", "term_timeout", "kill_timeout"):
+            _check_timeout("ShutdownPolicy", key, getattr(self, key), allow_none=False)
+
+    @property
+    def budget(self) -> float:
+        """The most a teardown can take, in seconds."""
+        return self.stop_timeout + self.term_timeout + self.kill_timeout
+
+
+def validate_group(specs: Iterable[ProcessSpec], group: str) -> tuple[ProcessSpec, ...]:
+    """Check a group's specs as a whole: non-empty, all ``ProcessSpec``, unique names."""
+    if isinstance(specs, ProcessSpec):
+        raise ValueError(f"group {group!r}: pass a list of ProcessSpec, not a single one")
+    result = tuple(specs)
+    if not result:
+        raise ValueError(f"group {group!r} has no ProcessSpec")
+    seen: set[str] = set()
+    for spec in result:
+        if not isinstance(spec, ProcessSpec):
+            raise ValueError(f"group {group!r}: expected ProcessSpec, got {type(spec).__name__}")
+        if spec.name in seen:
+            raise ValueError(f"group {group!r}: duplicate child name {spec.name!r}")
+        seen.add(spec.name)
+    return result

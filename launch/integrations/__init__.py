@@ -1,0 +1,1 @@
+"""Optional integrations (torch, vllm, asgi): each imports its library lazily."""

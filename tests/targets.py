@@ -1,0 +1,90 @@
+"""Child targets used by the tests. Imported inside launched children: stdlib + launch only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import launch
+
+
+def serve(init: float = 0.0, payload: object = None) -> None:
+    """A well-behaved child: init, READY, then serve until asked to stop."""
+    launch.phase("init")
+    time.sleep(init)
+    launch.ready(payload if payload is not None else {"pid": os.getpid()})
+    launch.wait_for_stop()
+
+
+def report_env(key: str = "CUDA_VISIBLE_DEVICES") -> None:
+    launch.ready({"value": os.environ.get(key), "pid": os.getpid()})
+    launch.wait_for_stop()
+
+
+def report_modules() -> None:
+    heavy = sorted(m for m in ("trio", "anyio", "pytest", "psutil") if m in sys.modules)
+    launch.ready(heavy)
+    launch.wait_for_stop()
+
+
+def crash(delay: float = 0.0) -> None:
+    launch.phase("load_model")
+    time.sleep(delay)
+    raise RuntimeError("weights file is corrupt")
+
+
+def exit_zero() -> None:
+    launch.phase("configure")
+    sys.exit(0)
+
+
+def hang(phase: str = "nccl_init") -> None:
+    launch.phase(phase)
+    time.sleep(3600)
+
+
+def die_after_ready(after: float = 0.2, code: int = 3) -> None:
+    launch.ready()
+    time.sleep(after)
+    os._exit(code)
+
+
+def raise_after_ready(after: float = 0.2) -> None:
+    launch.ready()
+    time.sleep(after)
+    raise ValueError("lost connection to peer")
+
+
+def ignore_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    launch.ready()
+    while True:  # ignores the cooperative stop too
+        time.sleep(1)
+
+
+def bad_payload() -> None:
+    launch.ready(lambda: None)
+
+
+def ready_twice() -> None:
+    launch.ready()
+    try:
+        launch.ready()
+    except RuntimeError:
+        launch.wait_for_stop()  # refused, as it should be: keep serving
+        return
+    raise SystemExit("a second launch.ready() was accepted")
+
+
+def stop_then_exit(marker: str) -> None:
+    launch.ready()
+    launch.wait_for_stop()
+    with open(marker, "w") as f:
+        f.write("stopped cooperatively")
+
+
+def callable_target(value: int) -> None:
+    launch.ready(value * 2)
+    launch.wait_for_stop()

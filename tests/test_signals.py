@@ -1,0 +1,93 @@
+"""Signals on a real parent process running a real group (DESIGN.md: testing conventions)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+SCRIPT = Path(__file__).parent / "scripts" / "hold_group.py"
+
+
+def start_holder(backend: str, init: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), backend, str(init)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
+    assert proc.stdout is not None
+    import selectors
+
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            proc.kill()
+            pytest.fail(f"no output from {SCRIPT.name} within {timeout}s")
+    return proc.stdout.readline()
+
+
+def gone_within(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_parent_sigkill_children_outlive_worker_threads_then_die(backend: str) -> None:
+    holder = start_holder(backend, 0.0)
+    try:
+        assert read_line(holder).strip() == "starting"
+        spawned = time.monotonic()
+        info = json.loads(read_line(holder))
+        pids = list(info["children"].values())
+        # Past the 10 s idle exit of the worker threads that spawned them (PDEATHSIG hazard).
+        time.sleep(max(0.0, 12.0 - (time.monotonic() - spawned)))
+        assert gone_within(pids, 0) == pids, "a child died with the thread that spawned it"
+        holder.kill()
+        holder.wait()
+        killed = time.monotonic()
+        left = gone_within([*pids, info["forkserver"]], 1.0)
+        assert left == [], f"still alive {time.monotonic() - killed:.2f}s after parent SIGKILL"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_sigint_during_startup_exits_fast_and_leaves_nothing(backend: str) -> None:
+    holder = start_holder(backend, 30.0)  # READY would take 30 s
+    try:
+        assert read_line(holder).strip() == "starting"
+        deadline = time.monotonic() + 10.0
+        descendants: list[int] = []
+        while len(descendants) < 4 and time.monotonic() < deadline:  # 3 children + forkserver
+            time.sleep(0.1)
+            descendants = [p.pid for p in psutil.Process(holder.pid).children(recursive=True)]
+        assert len(descendants) == 4, descendants
+        time.sleep(0.3)  # into their init
+        holder.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        holder.wait(timeout=3.0)
+        assert time.monotonic() - interrupted < 3.0
+        assert gone_within(descendants, 1.0) == []
+    finally:
+        holder.kill()
+        holder.wait()

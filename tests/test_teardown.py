@@ -1,0 +1,77 @@
+"""The stop ladder in isolation, with stand-in children (no processes)."""
+
+from __future__ import annotations
+
+import signal
+
+import anyio
+import pytest
+
+from launch import ShutdownPolicy
+from launch._teardown import teardown
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeChild:
+    def __init__(self, name: str, *, ready: bool, dies_on: int | None, stop_ok: bool = False):
+        self.name = name
+        self.pid: int | None = 999_999
+        self.ready = ready
+        self.dies_on = dies_on
+        self.stop_ok = stop_ok
+        self.events: list[str] = []
+        self.exited = anyio.Event()
+        self.abandoned = False
+
+    @property
+    def has_exited(self) -> bool:
+        return self.exited.is_set()
+
+    async def wait_exited(self) -> None:
+        await self.exited.wait()
+
+    def request_stop(self) -> bool:
+        self.events.append("stop")
+        if self.stop_ok:
+            self.exited.set()
+        return True
+
+    def send_signal(self, sig: int) -> None:
+        self.events.append(signal.Signals(sig).name)
+        if sig == self.dies_on:
+            self.exited.set()
+
+    def kill_group(self) -> None:
+        self.events.append("KILLPG")
+        if self.dies_on == signal.SIGKILL:
+            self.exited.set()
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+
+async def test_ladder_per_child_and_unkillable_reported() -> None:
+    policy = ShutdownPolicy(stop_timeout=0.2, term_timeout=0.2, kill_timeout=0.2)
+    polite = FakeChild("polite", ready=True, dies_on=None, stop_ok=True)
+    unready = FakeChild("unready", ready=False, dies_on=signal.SIGTERM)
+    stubborn = FakeChild("stubborn", ready=True, dies_on=signal.SIGKILL)
+    stuck = FakeChild("stuck", ready=True, dies_on=None)  # like a process in state D
+    children = [polite, unready, stubborn, stuck]
+    with anyio.fail_after(policy.budget + 0.5):  # bounded: never waits on `stuck` forever
+        unreaped = await teardown(children, policy)
+    assert polite.events == ["stop"]
+    assert unready.events == ["SIGTERM"]  # not ready: no cooperative stop, SIGTERM at once
+    assert stubborn.events == ["stop", "SIGTERM", "KILLPG"]
+    assert stuck.events == ["stop", "SIGTERM", "KILLPG"] and stuck.abandoned
+    assert [(u.name, u.pid) for u in unreaped] == [("stuck", 999_999)]
+    assert "survived SIGKILL" in str(unreaped[0])
+
+
+async def test_teardown_is_shielded_from_outer_cancel() -> None:
+    policy = ShutdownPolicy(stop_timeout=0.3, term_timeout=0.3, kill_timeout=0.3)
+    child = FakeChild("c", ready=True, dies_on=signal.SIGKILL)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await teardown([child], policy)
+    assert child.events == ["stop", "SIGTERM", "KILLPG"]
