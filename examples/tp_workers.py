@@ -1,7 +1,7 @@
 """Start four workers as one group, each pinned to its own device; print their payloads.
 
-    python examples/tp_workers.py            # trio
-    python examples/tp_workers.py asyncio    # asyncio
+python examples/tp_workers.py            # trio
+python examples/tp_workers.py asyncio    # asyncio
 """
 
 from __future__ import annotations

@@ -15,12 +15,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
+from ._interpreter import child_interpreter_argv
 from ._lock import LAUNCH_LOCK
 
-_CHILD_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 _STOP_TIMEOUT_S = 2.0
 
 
@@ -71,13 +70,9 @@ class ForkServer:
 
     def _launch(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        code = (
-            f"import sys; sys.path.insert(0, {_CHILD_PACKAGE_ROOT!r}); "
-            f"from _launch_child._forkserver import serve; serve({theirs.fileno()})"
-        )
         try:
             self._popen = subprocess.Popen(
-                [sys.executable, "-c", code],
+                child_interpreter_argv("_forkserver", f"serve({theirs.fileno()})"),
                 pass_fds=(theirs.fileno(),),
                 start_new_session=True,
                 stdin=subprocess.DEVNULL,

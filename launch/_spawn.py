@@ -21,11 +21,10 @@ from _launch_child._protocol import Boot
 
 from ._errors import SpawnFailed
 from ._forkserver import FORKSERVER, ForkserverError
+from ._interpreter import child_interpreter_argv
 from ._lock import LAUNCH_LOCK
 from ._process import DirectProcess, ForkserverProcess, ProcessHandle
 from ._spec import ProcessSpec
-
-_CHILD_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -91,11 +90,7 @@ def env_overlay(overlay: Mapping[str, str] | None) -> Iterator[None]:
 
 
 def _start_spawn(fd: int) -> ProcessHandle:
-    code = (
-        f"import sys; sys.path.insert(0, {_CHILD_PACKAGE_ROOT!r}); "
-        f"from _launch_child._bootstrap import spawn_main; spawn_main({fd}, {os.getpid()})"
-    )
-    args = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", code]  # type: ignore[attr-defined]
+    args = child_interpreter_argv("_bootstrap", f"spawn_main({fd}, {os.getpid()})")
     popen = subprocess.Popen(args, pass_fds=(fd,), start_new_session=True, stdin=subprocess.DEVNULL)
     return DirectProcess(popen.pid, popen)
 
