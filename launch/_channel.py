@@ -40,9 +40,9 @@ class ControlChannel:
             self._pending.extend(split_frames(self._buf))
         return self._pending.popleft()
 
-    async def send(self, message: tuple[Any, ...]) -> bool:
-        """Send one message; False if the child is already gone."""
-        data = memoryview(encode(message))
+    async def send_frame(self, frame: bytes) -> bool:
+        """Send one encoded frame; False if the child is already gone."""
+        data = memoryview(frame)
         while data:
             try:
                 sent = self._sock.send(data)

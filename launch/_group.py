@@ -179,7 +179,7 @@ class Group:
 
         assert child._channel is not None
         logger.debug("child %r spawned (pid %s)", child.name, child.pid)
-        await child._channel.send(("boot", boot))
+        await child._channel.send_frame(boot)
         deadline = spec.ready_timeout
         with anyio.move_on_after(deadline if deadline is not None else float("inf")) as scope:
             await child._settled.wait()

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from _launch_child._protocol import Boot
+from _launch_child._protocol import Boot, encode
 
 from ._errors import SpawnFailed
 from ._forkserver import FORKSERVER, ForkserverError
@@ -37,8 +37,9 @@ class Spawned:
     spawned_at: float
 
 
-def build_boot(spec: ProcessSpec, group: str) -> Boot:
-    """Pickle the target and kwargs in the parent, so a bad one fails before any spawn."""
+def build_boot(spec: ProcessSpec, group: str) -> bytes:
+    """The encoded boot frame, built in the parent so a bad target or kwargs fails before
+    anything is spawned."""
     target_pickle = None
     main_prep = None
     try:
@@ -48,7 +49,19 @@ def build_boot(spec: ProcessSpec, group: str) -> Boot:
                 from multiprocessing import spawn as mp_spawn
 
                 main_prep = mp_spawn.get_preparation_data(spec.name)
+                main_prep.pop("authkey", None)  # multiprocessing's; launch does not use it
         kwargs_pickle = pickle.dumps(dict(spec.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        boot = Boot(
+            name=spec.name,
+            target=spec.target if isinstance(spec.target, str) else None,
+            target_pickle=target_pickle,
+            kwargs_pickle=kwargs_pickle,
+            env=dict(spec.env),
+            sys_path=list(sys.path),
+            cwd=os.getcwd(),
+            main_prep=main_prep,
+        )
+        return encode(("boot", boot))
     except Exception as exc:
         what = "kwargs" if target_pickle is not None or isinstance(spec.target, str) else "target"
         raise SpawnFailed(
@@ -59,16 +72,6 @@ def build_boot(spec: ProcessSpec, group: str) -> Boot:
             remote_message=str(exc),
             detail=f"its {what} could not be pickled; nothing was started",
         ) from exc
-    return Boot(
-        name=spec.name,
-        target=spec.target if isinstance(spec.target, str) else None,
-        target_pickle=target_pickle,
-        kwargs_pickle=kwargs_pickle,
-        env=dict(spec.env),
-        sys_path=list(sys.path),
-        cwd=os.getcwd(),
-        main_prep=main_prep,
-    )
 
 
 @contextmanager

@@ -91,3 +91,10 @@ def test_sigint_during_startup_exits_fast_and_leaves_nothing(backend: str) -> No
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_callable_target_defined_in_main() -> None:
+    script = Path(__file__).parent / "scripts" / "main_target.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == ["spawn 42", "forkserver 42", "fork 42"]
