@@ -50,31 +50,37 @@ def encode(message: tuple[Any, ...]) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
+def take_frame(buf: bytearray) -> tuple[Any, ...] | None:
+    """Remove and decode the first complete frame of ``buf``; None if there is none yet."""
+    if len(buf) < HEADER.size:
+        return None
+    (size,) = HEADER.unpack_from(buf)
+    if len(buf) < HEADER.size + size:
+        return None
+    frame: tuple[Any, ...] = pickle.loads(bytes(buf[HEADER.size : HEADER.size + size]))
+    del buf[: HEADER.size + size]
+    return frame
+
+
 def split_frames(buf: bytearray) -> list[tuple[Any, ...]]:
     """Remove and decode every complete frame at the start of ``buf``."""
     out: list[tuple[Any, ...]] = []
-    while len(buf) >= HEADER.size:
-        (size,) = HEADER.unpack_from(buf)
-        if len(buf) < HEADER.size + size:
-            break
-        out.append(pickle.loads(bytes(buf[HEADER.size : HEADER.size + size])))
-        del buf[: HEADER.size + size]
+    while (frame := take_frame(buf)) is not None:
+        out.append(frame)
     return out
 
 
 def recv_frame_blocking(sock: socket.socket, buf: bytearray) -> tuple[Any, ...] | None:
-    """Block until one frame arrives; ``None`` on EOF (the peer is gone)."""
-    while True:
-        frames = split_frames(buf)
-        if frames:
-            # Keep any extra frames for the next call by re-encoding them in front.
-            for extra in reversed(frames[1:]):
-                buf[:0] = encode(extra)
-            return frames[0]
+    """Block until one frame arrives; ``None`` on EOF (the peer is gone).
+
+    Bytes of later frames stay in ``buf`` for the next reader.
+    """
+    while (frame := take_frame(buf)) is None:
         try:
             data = sock.recv(1 << 16)
-        except (ConnectionResetError, OSError):
+        except OSError:
             return None
         if not data:
             return None
         buf += data
+    return frame

@@ -42,15 +42,19 @@ def build_boot(spec: ProcessSpec, group: str) -> bytes:
     anything is spawned."""
     target_pickle = None
     main_prep = None
+    what = "target"  # the step being pickled, for the error
     try:
         if not isinstance(spec.target, str):
             target_pickle = pickle.dumps(spec.target, protocol=pickle.HIGHEST_PROTOCOL)
             if getattr(spec.target, "__module__", None) == "__main__":
                 from multiprocessing import spawn as mp_spawn
 
+                what = "__main__ preparation data"
                 main_prep = mp_spawn.get_preparation_data(spec.name)
                 main_prep.pop("authkey", None)  # multiprocessing's; launch does not use it
+        what = "kwargs"
         kwargs_pickle = pickle.dumps(dict(spec.kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        what = "boot message"
         boot = Boot(
             name=spec.name,
             target=spec.target if isinstance(spec.target, str) else None,
@@ -63,7 +67,6 @@ def build_boot(spec: ProcessSpec, group: str) -> bytes:
         )
         return encode(("boot", boot))
     except Exception as exc:
-        what = "kwargs" if target_pickle is not None or isinstance(spec.target, str) else "target"
         raise SpawnFailed(
             spec.name,
             group=group,
