@@ -1,19 +1,31 @@
-"""Sessions: ``nox`` runs what CI needs (tests, lint, typecheck)."""
+"""Sessions: ``nox`` runs what CI needs (demo, tests, lint, typecheck).
+
+torch is pinned to 2.13.0 wherever it is installed: on the development machine that
+version is a local CPU build, while an unpinned ``torch`` pulls the CUDA build (GBs).
+"""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["demo", "tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = ["3.11"]
+TORCH = "torch==2.13.0"
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """`launch demo`: three stages of torch.distributed (gloo) workers, on the CPU."""
+    session.install("-e", ".[torch,cli]", TORCH)
+    session.run("launch", "demo", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The test suite under both backends (trio via pytest-trio, asyncio via anyio)."""
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev,torch]", TORCH)
     session.run("pytest", *session.posargs)
 
 

@@ -18,10 +18,12 @@ from ._errors import (
     ChildCrashed,
     ChildDied,
     ChildFailed,
+    DeviceLockTimeout,
     LaunchFailed,
     ReadyTimeout,
     SpawnFailed,
 )
+from ._pipeline_spec import PipelineSpec, StageSpec
 from ._spec import ProcessSpec, ShutdownPolicy, StartMethod
 
 __version__ = "0.1.0"
@@ -30,16 +32,22 @@ logging.getLogger("launch").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from ._child import Child, ChildState, ChildTimes
+    from ._config import ConfigError, load_pipeline
     from ._forkserver import ForkserverError, prewarm
     from ._group import Group, open_group
+    from ._pipeline import Pipeline, open_pipeline
     from ._teardown import Unreaped
 
 _LAZY = {
+    "ConfigError": "._config",
+    "load_pipeline": "._config",
     "Child": "._child",
     "ChildState": "._child",
     "ChildTimes": "._child",
     "Group": "._group",
     "open_group": "._group",
+    "Pipeline": "._pipeline",
+    "open_pipeline": "._pipeline",
     "prewarm": "._forkserver",
     "ForkserverError": "._forkserver",
     "Unreaped": "._teardown",
@@ -67,17 +75,24 @@ __all__ = [
     "ChildDied",
     "ChildFailed",
     "ChildState",
+    "ConfigError",
+    "DeviceLockTimeout",
     "ChildTimes",
     "ForkserverError",
     "Group",
     "LaunchFailed",
+    "Pipeline",
+    "PipelineSpec",
     "ProcessSpec",
     "ReadyTimeout",
     "ShutdownPolicy",
     "SpawnFailed",
+    "StageSpec",
     "StartMethod",
     "Unreaped",
+    "load_pipeline",
     "open_group",
+    "open_pipeline",
     "phase",
     "prewarm",
     "ready",

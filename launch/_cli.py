@@ -1,21 +1,108 @@
-"""The ``launch`` command line."""
+"""The ``launch`` command line: ``up``, ``check`` and ``demo``.
+
+Exit codes: 0 stopped on request (or the demo finished), 2 bad arguments or pipeline
+file, 3 startup failed, 4 a child died while the pipeline was up.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from . import __version__
+
+EPILOG = """\
+exit codes: 0 stopped on request (Ctrl-C, SIGTERM) or demo done; 2 bad arguments or
+pipeline file; 3 startup failed; 4 a child died while the pipeline was up.
+pipeline file reference: docs/pipeline-file.md"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch",
         description="Structured-concurrency launch layer for multi-process inference engines.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"launch {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def runner(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, epilog=EPILOG)
+        sub.add_argument(
+            "--backend",
+            choices=("trio", "asyncio"),
+            default="trio",
+            help="event loop to run on (default: trio)",
+        )
+        sub.add_argument(
+            "--plain", action="store_true", help="plain lines instead of the live table"
+        )
+        return sub
+
+    up = runner("up", "start a pipeline file, stay up until Ctrl-C or SIGTERM, then stop it")
+    up.add_argument("file", type=Path, help="pipeline file (TOML)")
+    check = commands.add_parser("check", help="validate a pipeline file without starting anything")
+    check.add_argument("file", type=Path, help="pipeline file (TOML)")
+    demo = runner("demo", "start the embedded three-stage demo, show its startup, stop it")
+    demo.add_argument(
+        "--no-torch", action="store_true", help="use the pure-Python worker even if torch is here"
+    )
+    demo.add_argument(
+        "--start-method",
+        choices=("spawn", "forkserver", "fork"),
+        default="spawn",
+        help="how the demo's children start (default: spawn)",
+    )
     return parser
+
+
+def _err(message: str) -> None:
+    print(f"launch: {message}", file=sys.stderr, flush=True)
+
+
+def _check(file: Path) -> int:
+    from ._config import ConfigError, load_pipeline, missing_targets
+
+    try:
+        spec = load_pipeline(file)
+    except ConfigError as exc:
+        _err(str(exc))
+        return 2
+    problems = missing_targets(spec)
+    for problem in problems:
+        _err(f"{file}: {problem}")
+    if problems:
+        return 2
+    print(f"{file}: OK, pipeline {spec.name!r}")
+    for stage in spec.order():
+        devices = ", ".join(str(d) for d in stage.devices) or "none"
+        after = f", after {', '.join(stage.after)}" if stage.after else ""
+        methods = sorted({s.start_method for s in stage.specs})
+        print(
+            f"  stage {stage.name!r}: {len(stage.specs)} x {stage.specs[0].target_name} "
+            f"({'/'.join(methods)}), devices {devices}{after}"
+        )
+    return 0
+
+
+def _run(spec: object, backend: str, plain: bool, *, stay_up: bool) -> int:
+    import anyio
+
+    from ._pipeline_spec import PipelineSpec
+    from ._up import run_pipeline
+    from ._view import open_view
+
+    assert isinstance(spec, PipelineSpec)
+
+    async def main() -> int:
+        with open_view(plain) as view:
+            outcome = await run_pipeline(spec, view, stay_up=stay_up)
+        return outcome.exit_code
+
+    return anyio.run(main, backend=backend)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,4 +112,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0
+    # Targets in the current directory import as they would under `python -m`, and so
+    # do targets next to the pipeline file; children inherit this sys.path.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    file = getattr(args, "file", None)
+    if file is not None and str(file.resolve().parent) not in sys.path:
+        sys.path.append(str(file.resolve().parent))
+    if args.command == "check":
+        return _check(args.file)
+    if args.command == "up":
+        from ._config import ConfigError, load_pipeline
+
+        try:
+            spec = load_pipeline(args.file)
+        except ConfigError as exc:
+            _err(str(exc))
+            return 2
+        return _run(spec, args.backend, args.plain, stay_up=True)
+    from ._demo import INSTALL_TORCH, demo_pipeline, torch_available
+
+    use_torch = not args.no_torch and torch_available()
+    if not use_torch and not args.no_torch:
+        _err(f"torch is not installed, so the demo runs its pure-Python worker; {INSTALL_TORCH}")
+    print(
+        "demo: thinker (2 ranks) + talker (1) + vocoder (1), "
+        + ("torch.distributed gloo groups" if use_torch else "pure-Python TCP groups")
+        + f", start method {args.start_method}",
+        flush=True,
+    )
+    if args.start_method == "forkserver":
+        from ._forkserver import prewarm
+
+        # the server imports the worker (and torch) once; each child is a fork of it
+        prewarm(["launch.integrations.torch", "torch"] if use_torch else ["launch._demo"])
+    spec = demo_pipeline(use_torch=use_torch, start_method=args.start_method)
+    return _run(spec, args.backend, args.plain, stay_up=False)

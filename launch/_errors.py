@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 TRACEBACK_TAIL_LINES = 12
 
@@ -120,6 +121,46 @@ class ChildDied(ChildFailed):
     what = "died after READY"
 
 
+class DeviceLockTimeout(ChildFailed):
+    """A stage could not lock its devices in time; nothing of it was spawned.
+
+    ``name`` and ``group`` are the stage's name; ``device`` is the device it was
+    waiting for, ``holder`` the pid that holds that device's lock (None if unknown),
+    ``path`` the lock file.
+    """
+
+    what = "could not lock its devices"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        device: str = "",
+        holder: int | None = None,
+        path: object = None,
+        failed_at: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        import time
+
+        super().__init__(
+            name,
+            group=name,
+            failed_at=time.monotonic() if failed_at is None else failed_at,
+            **kwargs,
+        )
+        self.device = device
+        self.holder = holder
+        self.path = path
+
+    def summary(self) -> str:
+        who = "an unknown process" if self.holder is None else f"pid {self.holder}"
+        return (
+            f"stage {self.name!r} timed out waiting for device {self.device!r}: "
+            f"its lock is held by {who} (lock file {self.path})"
+        )
+
+
 class LaunchFailed(ExceptionGroup[ChildFailed]):
     """Raised by ``open_group`` / ``open_pipeline``: every leaf is a :class:`ChildFailed`.
 
@@ -150,8 +191,10 @@ def _leaves(group: BaseExceptionGroup[ChildFailed]) -> list[ChildFailed]:
     return out
 
 
-def launch_failed(group: str, failures: Sequence[ChildFailed]) -> LaunchFailed:
-    """Build the group error; its message carries the root cause's summary line."""
+def launch_failed(
+    name: str, failures: Sequence[ChildFailed], *, kind: str = "group"
+) -> LaunchFailed:
+    """Build the group (or pipeline) error; its message carries the root cause's summary."""
     ordered = sorted(failures, key=lambda exc: exc.failed_at)
     more = f" (+{len(ordered) - 1} more)" if len(ordered) > 1 else ""
-    return LaunchFailed(f"group {group!r} failed: {ordered[0].summary()}{more}", ordered)
+    return LaunchFailed(f"{kind} {name!r} failed: {ordered[0].summary()}{more}", ordered)

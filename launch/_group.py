@@ -149,7 +149,7 @@ class Group:
         """Spawn one child and wait for its READY, its exit or its deadline."""
         spec = child.spec
         try:
-            boot = build_boot(spec, self.name)
+            boot = build_boot(spec, self.name, self._env_overlay)
             if spec.start_method == "forkserver":
                 try:
                     # Outside the launch lock, so a slow preload blocks no other spawn.

@@ -37,9 +37,13 @@ class Spawned:
     spawned_at: float
 
 
-def build_boot(spec: ProcessSpec, group: str) -> bytes:
+def build_boot(spec: ProcessSpec, group: str, overlay: Mapping[str, str] | None = None) -> bytes:
     """The encoded boot frame, built in the parent so a bad target or kwargs fails before
-    anything is spawned."""
+    anything is spawned.
+
+    The parent-side ``overlay`` goes into the child's env too (under ``spec.env``): a
+    forkserver child inherits the server's environment, not the parent's.
+    """
     target_pickle = None
     main_prep = None
     what = "target"  # the step being pickled, for the error
@@ -60,7 +64,7 @@ def build_boot(spec: ProcessSpec, group: str) -> bytes:
             target=spec.target if isinstance(spec.target, str) else None,
             target_pickle=target_pickle,
             kwargs_pickle=kwargs_pickle,
-            env=dict(spec.env),
+            env={**(overlay or {}), **spec.env},
             sys_path=list(sys.path),
             cwd=os.getcwd(),
             main_prep=main_prep,

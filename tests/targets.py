@@ -88,3 +88,23 @@ def stop_then_exit(marker: str) -> None:
 def callable_target(value: int) -> None:
     launch.ready(value * 2)
     launch.wait_for_stop()
+
+
+def report_envs(keys: list[str]) -> None:
+    launch.ready({key: os.environ.get(key) for key in keys})
+    launch.wait_for_stop()
+
+
+def meet(mine: str, theirs: str, timeout: float = 10.0) -> None:
+    """Write ``mine``, then wait for ``theirs`` before READY: two such children only
+    both become READY if neither's handshake blocks the other's spawn."""
+    launch.phase("meet")
+    with open(mine, "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(theirs):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{theirs} never appeared: the other child was not spawned")
+        time.sleep(0.01)
+    launch.ready()
+    launch.wait_for_stop()

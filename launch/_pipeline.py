@@ -1,0 +1,169 @@
+"""``open_pipeline``: every stage of a pipeline as one task tree.
+
+::
+
+    open_pipeline ── task group
+     ├─ stage × S   wait for the stages in `after` to be READY
+     │              → device locks (outside the launch lock, cancellable)
+     │              → open the stage's group (its own task tree) → release the locks
+     │              → READY; wait for the stop signal
+     └─ body (the caller's block)
+    a stage's failure cancels the whole task group: every stage tears down concurrently
+
+Each stage's group lives inside its own task, entered and left there (a task group
+entered in one task and left in another corrupts trio's nursery stack).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import anyio
+
+from ._child import Child
+from ._devicelock import acquire_device_locks, default_lock_dir
+from ._errors import ChildFailed, DeviceLockTimeout, LaunchFailed, launch_failed
+from ._group import Group, _run_group
+from ._pipeline_spec import PipelineSpec, StageSpec
+from ._spec import ShutdownPolicy
+from ._teardown import Unreaped
+
+
+class Pipeline:
+    """The running stages of a pipeline; ``pipeline["stage"]`` is that stage's :class:`Group`.
+
+    ``waiting[stage]`` says what a stage that has not spawned yet is waiting for
+    (``"after 'thinker'"``, ``"device lock"``), or is None. ``device_lock_waits[stage]``
+    is the ``(started, acquired)`` monotonic interval of its device-lock wait.
+    """
+
+    def __init__(self, spec: PipelineSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.lock_dir = Path(spec.lock_dir) if spec.lock_dir is not None else default_lock_dir()
+        self.stages: dict[str, Group] = {}
+        for stage in spec.stages:
+            shutdown = stage.shutdown or spec.shutdown or ShutdownPolicy()
+            self.stages[stage.name] = Group(
+                stage.name, spec.child_specs(stage), shutdown, env_overlay=stage.env
+            )
+        self.waiting: dict[str, str | None] = dict.fromkeys(self.stages, "start")
+        self.device_lock_waits: dict[str, tuple[float, float]] = {}
+        self.started_at = 0.0  # time.monotonic() when the pipeline started
+        self.ready_at: float | None = None  # ... and when its last stage became READY
+        self.failures: list[ChildFailed] = []
+        self.unreaped: list[Unreaped] = []
+        self._ready = {name: anyio.Event() for name in self.stages}
+        self._all_ready = anyio.Event()
+        self._stop = anyio.Event()
+        self._scope: anyio.CancelScope | None = None
+
+    def __getitem__(self, stage: str) -> Group:
+        try:
+            return self.stages[stage]
+        except KeyError:
+            raise KeyError(
+                f"pipeline {self.name!r} has no stage {stage!r}; stages: {', '.join(self.stages)}"
+            ) from None
+
+    def __iter__(self) -> Iterator[Group]:
+        return iter(self.stages.values())
+
+    def __len__(self) -> int:
+        return len(self.stages)
+
+    def __repr__(self) -> str:
+        return f"<Pipeline {self.name!r} stages={list(self.stages)}>"
+
+    @property
+    def children(self) -> tuple[Child, ...]:
+        """Every child of every stage, stage by stage."""
+        return tuple(child for group in self for child in group.children)
+
+    def is_ready(self, stage: str) -> bool:
+        """True once every child of ``stage`` is READY."""
+        return self._ready[stage].is_set()
+
+    def _fail(self, failure: ChildFailed) -> None:
+        self.failures.append(failure)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _run_stage(self, stage: StageSpec) -> None:
+        group = self.stages[stage.name]
+        try:
+            for dep in stage.after:
+                self.waiting[stage.name] = f"after {dep!r}"
+                await self._ready[dep].wait()
+            self.waiting[stage.name] = "device lock" if stage.devices else None
+            asked = time.monotonic()
+            locks = await acquire_device_locks(
+                [str(device) for device in stage.devices],
+                stage=stage.name,
+                lock_dir=self.lock_dir,
+                timeout=self.spec.device_lock_timeout,
+            )
+            self.device_lock_waits[stage.name] = (asked, asked + locks.waited_s)
+            self.waiting[stage.name] = None
+            try:
+                async with _run_group(group):
+                    locks.release()
+                    self._ready[stage.name].set()
+                    if all(event.is_set() for event in self._ready.values()):
+                        self.ready_at = time.monotonic()
+                        self._all_ready.set()
+                    await self._stop.wait()
+            finally:
+                locks.release()
+        except DeviceLockTimeout as exc:
+            self._fail(exc)
+        except LaunchFailed:
+            pass  # the group's failures are collected below, cancelled or not
+        finally:
+            self.unreaped.extend(group.unreaped)
+            for failure in group.failures:
+                self._fail(failure)
+
+
+@asynccontextmanager
+async def _run_pipeline(pipeline: Pipeline) -> AsyncIterator[Pipeline]:
+    unwrapped: BaseException | None = None
+    pipeline.started_at = time.monotonic()
+    try:
+        async with anyio.create_task_group() as tg:
+            pipeline._scope = tg.cancel_scope
+            try:
+                for stage in pipeline.spec.order():
+                    tg.start_soon(pipeline._run_stage, stage, name=f"stage {stage.name}")
+                await pipeline._all_ready.wait()
+                yield pipeline
+            finally:
+                pipeline._stop.set()
+    except BaseExceptionGroup as eg:
+        # Stage tasks never raise; what is here came from the caller's block.
+        if len(eg.exceptions) != 1:
+            raise
+        unwrapped = eg.exceptions[0]
+    if unwrapped is not None:
+        raise unwrapped  # outside the except: no "during handling" chain onto the group
+    if pipeline.failures:
+        error = launch_failed(pipeline.name, pipeline.failures, kind="pipeline")
+        for stuck in pipeline.unreaped:
+            error.add_note(str(stuck))
+        raise error
+
+
+def open_pipeline(spec: PipelineSpec) -> AbstractAsyncContextManager[Pipeline]:
+    """Start every stage of ``spec``; enter the block once all of them are READY.
+
+    Stages start concurrently unless ``after`` orders them; each takes its device locks
+    first. The first failure anywhere (a child crashing, timing out or dying, a device
+    lock timing out) tears every stage down and raises :class:`LaunchFailed`. Leaving
+    the block stops every stage concurrently and reaps every child.
+    """
+    if not isinstance(spec, PipelineSpec):
+        raise TypeError(f"open_pipeline expects a PipelineSpec, got {type(spec).__name__}")
+    return _run_pipeline(Pipeline(spec))

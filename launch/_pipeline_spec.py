@@ -1,0 +1,195 @@
+"""What a pipeline launches: ``StageSpec`` and ``PipelineSpec``, validated at construction."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from ._spec import ProcessSpec, ShutdownPolicy, _check_timeout, validate_group
+
+DEVICE_ENV_VARS: tuple[str, ...] = (
+    "CUDA_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "ASCEND_RT_VISIBLE_DEVICES",
+    "ZE_AFFINITY_MASK",
+    "TPU_VISIBLE_CHIPS",
+)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_env(owner: str, key: str, env: Mapping[str, str]) -> None:
+    if not isinstance(env, Mapping):
+        raise ValueError(f"{owner}: {key} must be a mapping of str to str")
+    for name, value in env.items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise ValueError(f"{owner}: {key} has an invalid variable name {name!r}")
+        if not isinstance(value, str) or "\0" in value:
+            raise ValueError(
+                f"{owner}: {key}[{name!r}] must be a string, got {type(value).__name__} {value!r}"
+            )
+
+
+def _device_id(owner: str, device: object) -> str:
+    if isinstance(device, bool) or not isinstance(device, int | str):
+        raise ValueError(f"{owner}: device {device!r} must be an int index or a string id")
+    if isinstance(device, int):
+        if device < 0:
+            raise ValueError(f"{owner}: device index must be >= 0, got {device}")
+        return str(device)
+    if not device or "," in device or device != device.strip():
+        raise ValueError(f"{owner}: device id {device!r} must be non-empty, without commas")
+    return device
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a pipeline: a group of children with devices and ordering.
+
+    ``specs`` are the stage's children. ``devices`` are made visible inside each child
+    through the pipeline's ``device_env`` and locked (across processes) from before the
+    first spawn until every child of the stage is READY. The stage spawns once every
+    stage named in ``after`` is READY. ``env`` is a parent-side overlay: set on
+    ``os.environ`` only while this stage's children are spawned (under the launch
+    lock) and restored right after; it reaches the child with every start method.
+    ``shutdown`` overrides the pipeline's policy for this stage.
+    """
+
+    name: str
+    specs: Sequence[ProcessSpec]
+    devices: Sequence[int | str] = ()  # normalized to a tuple of str
+    after: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    shutdown: ShutdownPolicy | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"StageSpec name must be a non-empty string, got {self.name!r}")
+        owner = f"stage {self.name!r}"
+        object.__setattr__(self, "specs", validate_group(self.specs, self.name))
+        if isinstance(self.devices, int | str):
+            raise ValueError(f"{owner}: devices must be a list, e.g. devices=({self.devices!r},)")
+        devices = tuple(_device_id(owner, d) for d in self.devices)
+        if len(set(devices)) != len(devices):
+            raise ValueError(f"{owner}: devices {list(devices)} lists a device twice")
+        object.__setattr__(self, "devices", devices)
+        after = (self.after,) if isinstance(self.after, str) else tuple(self.after)
+        for dep in after:
+            if not isinstance(dep, str) or not dep:
+                raise ValueError(f"{owner}: after must name stages, got {dep!r}")
+        if self.name in after:
+            raise ValueError(f"{owner}: a stage cannot start after itself")
+        object.__setattr__(self, "after", after)
+        _check_env(owner, "env", self.env)
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        if self.shutdown is not None and not isinstance(self.shutdown, ShutdownPolicy):
+            raise ValueError(f"{owner}: shutdown must be a ShutdownPolicy")
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A set of stages started as one tree (vLLM-Omni's stage pipeline).
+
+    Stages start concurrently except where ``after`` orders them. ``device_env`` is the
+    variable (or variables) that carries a stage's devices into its children: e.g.
+    ``"CUDA_VISIBLE_DEVICES"``, ``("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")``.
+    ``lock_dir`` holds the device lock files (default: see ``default_lock_dir``);
+    ``device_lock_timeout`` bounds the wait for a device another stage or process holds
+    (``None``: wait as long as it takes). ``shutdown`` applies to stages without their own.
+    """
+
+    stages: Sequence[StageSpec]
+    name: str = "pipeline"
+    device_env: str | Sequence[str] = "CUDA_VISIBLE_DEVICES"
+    lock_dir: str | Path | None = None
+    device_lock_timeout: float | None = 600.0
+    shutdown: ShutdownPolicy | None = None
+
+    def __post_init__(self) -> None:
+        owner = f"pipeline {self.name!r}"
+        if isinstance(self.stages, StageSpec):
+            raise ValueError(f"{owner}: pass a list of StageSpec, not a single one")
+        stages = tuple(self.stages)
+        if not stages:
+            raise ValueError(f"{owner} has no stages")
+        names: set[str] = set()
+        for stage in stages:
+            if not isinstance(stage, StageSpec):
+                raise ValueError(f"{owner}: expected StageSpec, got {type(stage).__name__}")
+            if stage.name in names:
+                raise ValueError(f"{owner}: duplicate stage name {stage.name!r}")
+            names.add(stage.name)
+        for stage in stages:
+            for dep in stage.after:
+                if dep not in names:
+                    raise ValueError(
+                        f"{owner}: stage {stage.name!r} starts after unknown stage {dep!r}; "
+                        f"stages: {', '.join(s.name for s in stages)}"
+                    )
+        _check_cycles(owner, stages)
+        object.__setattr__(self, "stages", stages)
+        env_vars = (self.device_env,) if isinstance(self.device_env, str) else self.device_env
+        env_vars = tuple(env_vars)
+        if not env_vars or not all(isinstance(v, str) and _ENV_NAME.match(v) for v in env_vars):
+            raise ValueError(f"{owner}: device_env must name environment variables")
+        object.__setattr__(self, "device_env", env_vars)
+        if self.lock_dir is not None:
+            object.__setattr__(self, "lock_dir", Path(self.lock_dir))
+        _check_timeout(owner, "device_lock_timeout", self.device_lock_timeout, allow_none=True)
+        if self.shutdown is not None and not isinstance(self.shutdown, ShutdownPolicy):
+            raise ValueError(f"{owner}: shutdown must be a ShutdownPolicy")
+
+    def __getitem__(self, name: str) -> StageSpec:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"pipeline {self.name!r} has no stage {name!r}")
+
+    @property
+    def device_env_vars(self) -> tuple[str, ...]:
+        """``device_env`` as a tuple."""
+        return tuple(self.device_env)
+
+    def child_specs(self, stage: StageSpec) -> tuple[ProcessSpec, ...]:
+        """The stage's specs with its devices added to their env (a child's own env wins)."""
+        if not stage.devices:
+            return tuple(stage.specs)
+        from dataclasses import replace
+
+        visible = ",".join(str(d) for d in stage.devices)
+        devices_env = dict.fromkeys(self.device_env_vars, visible)
+        return tuple(replace(spec, env={**devices_env, **spec.env}) for spec in stage.specs)
+
+    def order(self) -> tuple[StageSpec, ...]:
+        """Stages in a start order that respects ``after`` (ties keep the given order)."""
+        done: set[str] = set()
+        out: list[StageSpec] = []
+        while len(out) < len(self.stages):
+            for stage in self.stages:
+                if stage.name not in done and all(dep in done for dep in stage.after):
+                    out.append(stage)
+                    done.add(stage.name)
+                    break
+        return tuple(out)
+
+
+def _check_cycles(owner: str, stages: Iterable[StageSpec]) -> None:
+    after = {stage.name: stage.after for stage in stages}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for dep in after[name]:
+            if state.get(dep) == 1:
+                cycle = [*path[path.index(dep) :], dep]
+                raise ValueError(f"{owner}: stages wait for each other: {' -> '.join(cycle)}")
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[name] = 2
+
+    for name in after:
+        if name not in state:
+            visit(name, [name])

@@ -1,0 +1,155 @@
+"""torch.distributed workers that form their process group before READY.
+
+Child side: :func:`join_process_group` (call it from your own target) and
+:func:`worker` (a ready-made target). Parent side: :func:`process_group_specs` builds
+the specs of one process group, with a rendezvous address picked in the parent.
+
+Works with ``gloo`` on CPU and ``nccl`` on GPUs: with nccl each rank binds the GPU
+``rank % torch.cuda.device_count()`` of those its stage made visible. torch is imported
+only inside the children, never by ``import launch.integrations.torch``.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from .. import phase, ready, wait_for_stop
+from .._spec import ProcessSpec, StartMethod
+
+WORKER = "launch.integrations.torch:worker"
+
+
+def join_process_group(
+    *,
+    rank: int,
+    world_size: int,
+    init_method: str,
+    backend: str = "gloo",
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
+    """Import torch, form the process group, run a barrier and an all-reduce.
+
+    Each step is a ``launch.phase``, so the timeline shows where startup went. Returns
+    what a READY payload would carry: rank, world size, backend, device, the all-reduce
+    result. Raises ``RuntimeError`` if the all-reduce gives the wrong sum.
+    """
+    phase("import torch")
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device("cpu")
+    if backend == "nccl":
+        phase("cuda init")
+        index = rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
+    phase("init_process_group")
+    dist.init_process_group(
+        backend,
+        init_method=init_method,
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+        device_id=device if backend == "nccl" else None,
+    )
+    phase("barrier")
+    if backend == "nccl":
+        dist.barrier(device_ids=[device.index])
+    else:
+        dist.barrier()
+    phase("all_reduce")
+    value = torch.tensor([float(rank + 1)], device=device)
+    dist.all_reduce(value)
+    total = value.item()
+    expected = world_size * (world_size + 1) / 2
+    if total != expected:
+        raise RuntimeError(f"all_reduce gave {total}, expected {expected} (rank {rank})")
+    return {
+        "rank": rank,
+        "world_size": world_size,
+        "backend": backend,
+        "device": str(device),
+        "all_reduce": total,
+    }
+
+
+def worker(
+    *,
+    rank: int,
+    world_size: int,
+    init_method: str,
+    backend: str = "gloo",
+    timeout_s: float = 120.0,
+) -> None:
+    """A target: join the process group, say READY with its facts, serve until stopped."""
+    info = join_process_group(
+        rank=rank,
+        world_size=world_size,
+        init_method=init_method,
+        backend=backend,
+        timeout_s=timeout_s,
+    )
+    ready(info)
+    wait_for_stop()
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free TCP ports (held open together while picked, so no repeats)."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            socks.append(sock)
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def process_group_specs(
+    name: str,
+    world_size: int,
+    *,
+    backend: str = "gloo",
+    target: str = WORKER,
+    kwargs: Mapping[str, Any] | None = None,
+    start_method: StartMethod = "spawn",
+    ready_timeout: float | None = 600.0,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[ProcessSpec]:
+    """Specs of one process group: children ``{name}-0`` … ``{name}-{world_size-1}``.
+
+    Each gets ``rank``, ``world_size``, ``init_method`` (``tcp://host:port``, port picked
+    here if not given) and ``backend`` as kwargs, on top of ``kwargs``; ``target`` must
+    accept them (the default, :func:`worker`, does).
+    """
+    if world_size < 1:
+        raise ValueError(f"process group {name!r}: world_size must be >= 1, got {world_size}")
+    port = port if port is not None else free_ports(1, host)[0]
+    shared = dict(kwargs or {})
+    return [
+        ProcessSpec(
+            target,
+            name=f"{name}-{rank}",
+            kwargs={
+                **shared,
+                "rank": rank,
+                "world_size": world_size,
+                "init_method": f"tcp://{host}:{port}",
+                "backend": backend,
+            },
+            env=dict(env or {}),
+            start_method=start_method,
+            ready_timeout=ready_timeout,
+        )
+        for rank in range(world_size)
+    ]
