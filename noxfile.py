@@ -18,7 +18,7 @@ TORCH = "torch==2.13.0"
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """`launch demo`: three stages of torch.distributed (gloo) workers, on the CPU."""
-    session.install("-e", ".[torch,cli]", TORCH)
+    session.install("-e", ".[torch,cli,plot]", TORCH)
     session.run("launch", "demo", *session.posargs)
 
 
@@ -39,6 +39,6 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package and its child side."""
-    session.install("-e", ".[dev]")
+    """mypy --strict on the package and its child side (torch installed: its types count)."""
+    session.install("-e", ".[dev,torch,plot]", TORCH)
     session.run("mypy", "--strict", "launch", "_launch_child")

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ._group import Group, open_group
     from ._pipeline import Pipeline, open_pipeline
     from ._teardown import Unreaped
+    from ._timeline import Slice, Timeline, Track
 
 _LAZY = {
     "ConfigError": "._config",
@@ -51,6 +52,9 @@ _LAZY = {
     "prewarm": "._forkserver",
     "ForkserverError": "._forkserver",
     "Unreaped": "._teardown",
+    "Slice": "._timeline",
+    "Timeline": "._timeline",
+    "Track": "._timeline",
 }
 
 
@@ -86,9 +90,12 @@ __all__ = [
     "ProcessSpec",
     "ReadyTimeout",
     "ShutdownPolicy",
+    "Slice",
     "SpawnFailed",
     "StageSpec",
     "StartMethod",
+    "Timeline",
+    "Track",
     "Unreaped",
     "load_pipeline",
     "open_group",

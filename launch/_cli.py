@@ -40,12 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--plain", action="store_true", help="plain lines instead of the live table"
         )
+        sub.add_argument(
+            "--trace",
+            type=Path,
+            metavar="FILE.json",
+            help="write the timeline as a Chrome trace (open it in ui.perfetto.dev)",
+        )
+        sub.add_argument(
+            "--timeline",
+            type=Path,
+            metavar="FILE.svg",
+            help="write the startup as a Gantt chart (.png, .svg or .pdf; needs matplotlib)",
+        )
         return sub
 
     up = runner("up", "start a pipeline file, stay up until Ctrl-C or SIGTERM, then stop it")
     up.add_argument("file", type=Path, help="pipeline file (TOML)")
     check = commands.add_parser("check", help="validate a pipeline file without starting anything")
     check.add_argument("file", type=Path, help="pipeline file (TOML)")
+    trace = commands.add_parser(
+        "trace", help="render a saved trace (from --trace) as a Gantt chart"
+    )
+    trace.add_argument("file", type=Path, help="trace written by --trace")
+    trace.add_argument(
+        "--timeline", type=Path, required=True, metavar="OUT.png", help="chart to write"
+    )
+    trace.add_argument("--whole", action="store_true", help="show serving and stopping too")
     demo = runner("demo", "start the embedded three-stage demo, show its startup, stop it")
     demo.add_argument(
         "--no-torch", action="store_true", help="use the pure-Python worker even if torch is here"
@@ -88,21 +108,46 @@ def _check(file: Path) -> int:
     return 0
 
 
-def _run(spec: object, backend: str, plain: bool, *, stay_up: bool) -> int:
+def _run(spec: object, args: argparse.Namespace, *, stay_up: bool) -> int:
     import anyio
 
     from ._pipeline_spec import PipelineSpec
-    from ._up import run_pipeline
+    from ._up import Outcome, run_pipeline
     from ._view import open_view
 
     assert isinstance(spec, PipelineSpec)
 
-    async def main() -> int:
-        with open_view(plain) as view:
-            outcome = await run_pipeline(spec, view, stay_up=stay_up)
-        return outcome.exit_code
+    async def main() -> Outcome:
+        with open_view(args.plain) as view:
+            return await run_pipeline(spec, view, stay_up=stay_up)
 
-    return anyio.run(main, backend=backend)
+    outcome = anyio.run(main, backend=args.backend)
+    code = outcome.exit_code
+    timeline = outcome.pipeline.timeline
+    if args.trace is not None:
+        print(f"trace: {timeline.write_trace(args.trace)} (open it in https://ui.perfetto.dev)")
+    if args.timeline is not None:
+        try:
+            print(f"timeline: {timeline.write_chart(args.timeline)}")
+        except RuntimeError as exc:  # matplotlib missing
+            _err(str(exc))
+            code = code or 2
+    return code
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from ._timeline import Timeline
+
+    try:
+        timeline = Timeline.read_trace(args.file)
+        path = timeline.write_chart(args.timeline, whole=args.whole)
+    except (ValueError, RuntimeError) as exc:
+        _err(str(exc))
+        return 2
+    ready = timeline.all_ready
+    when = f"all READY at {ready:.2f}s" if ready is not None else "not every child became READY"
+    print(f"{path}: {len(timeline.children)} children of {timeline.name!r}, {when}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.append(str(file.resolve().parent))
     if args.command == "check":
         return _check(args.file)
+    if args.command == "trace":
+        return _trace(args)
     if args.command == "up":
         from ._config import ConfigError, load_pipeline
 
@@ -129,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             _err(str(exc))
             return 2
-        return _run(spec, args.backend, args.plain, stay_up=True)
+        return _run(spec, args, stay_up=True)
     from ._demo import INSTALL_TORCH, demo_pipeline, torch_available
 
     use_torch = not args.no_torch and torch_available()
@@ -147,4 +194,4 @@ def main(argv: list[str] | None = None) -> int:
         # the server imports the worker (and torch) once; each child is a fork of it
         prewarm(["launch.integrations.torch", "torch"] if use_torch else ["launch._demo"])
     spec = demo_pipeline(use_torch=use_torch, start_method=args.start_method)
-    return _run(spec, args.backend, args.plain, stay_up=False)
+    return _run(spec, args, stay_up=False)

@@ -35,6 +35,7 @@ from ._forkserver import FORKSERVER, ForkserverError
 from ._spawn import build_boot, spawn
 from ._spec import ProcessSpec, ShutdownPolicy, validate_group
 from ._teardown import Unreaped, teardown
+from ._timeline import Timeline, group_timeline
 
 logger = logging.getLogger("launch")
 
@@ -61,6 +62,7 @@ class Group:
         self.failures: list[ChildFailed] = []
         self.unreaped: list[Unreaped] = []
         self._env_overlay = dict(env_overlay or {})
+        self.started_at: float | None = None  # time.monotonic() when the group started
         self._stopping = False
         self._startup_scope: anyio.CancelScope | None = None
         self._body_scope: anyio.CancelScope | None = None
@@ -81,6 +83,12 @@ class Group:
 
     def __repr__(self) -> str:
         return f"<Group {self.name!r} {[str(c.state) for c in self.children]}>"
+
+    @property
+    def timeline(self) -> Timeline:
+        """Every child's spawn, lock wait, boot, phases, READY, stop and exit, as a
+        :class:`Timeline` with offsets from the group's start (open slices end now)."""
+        return group_timeline(self)
 
     # --- failures ---
 
@@ -219,6 +227,8 @@ class Group:
 @asynccontextmanager
 async def _run_group(group: Group) -> AsyncIterator[Group]:
     unwrapped: BaseException | None = None
+    if group.started_at is None:  # a pipeline's stage keeps the pipeline's start
+        group.started_at = time.monotonic()
     try:
         async with anyio.create_task_group() as tg:
             try:

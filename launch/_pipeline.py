@@ -30,6 +30,7 @@ from ._group import Group, _run_group
 from ._pipeline_spec import PipelineSpec, StageSpec
 from ._spec import ShutdownPolicy
 from ._teardown import Unreaped
+from ._timeline import Timeline, pipeline_timeline
 
 
 class Pipeline:
@@ -83,6 +84,12 @@ class Pipeline:
         """Every child of every stage, stage by stage."""
         return tuple(child for group in self for child in group.children)
 
+    @property
+    def timeline(self) -> Timeline:
+        """The startup of every stage (device-lock waits included) as a
+        :class:`Timeline`, offsets from the pipeline's start; open slices end now."""
+        return pipeline_timeline(self)
+
     def is_ready(self, stage: str) -> bool:
         """True once every child of ``stage`` is READY."""
         return self._ready[stage].is_set()
@@ -132,6 +139,8 @@ class Pipeline:
 async def _run_pipeline(pipeline: Pipeline) -> AsyncIterator[Pipeline]:
     unwrapped: BaseException | None = None
     pipeline.started_at = time.monotonic()
+    for group in pipeline:
+        group.started_at = pipeline.started_at
     try:
         async with anyio.create_task_group() as tg:
             pipeline._scope = tg.cancel_scope

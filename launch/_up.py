@@ -41,6 +41,7 @@ EXIT_CHILD_DIED = 4  # the pipeline was up, then a child died
 class Outcome:
     """How a run ended."""
 
+    pipeline: Pipeline
     up: bool = False
     signal: str | None = None
     error: LaunchFailed | None = None
@@ -88,7 +89,7 @@ def _teardown_budget(spec: PipelineSpec) -> float:
 async def run_pipeline(spec: PipelineSpec, view: View, *, stay_up: bool) -> Outcome:
     """Start ``spec``, show its startup, stay up until a signal (if ``stay_up``), stop it."""
     pipeline = Pipeline(spec)
-    outcome = Outcome()
+    outcome = Outcome(pipeline)
     budget = _teardown_budget(spec)
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with anyio.create_task_group() as tg:
