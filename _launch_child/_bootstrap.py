@@ -132,6 +132,13 @@ def run(sock: socket.socket, parent_pid: int) -> int:
 
     try:
         os.environ.update(boot.env)
+        # Output reaches the parent (or a pipe it reads) a line at a time, as it happens.
+        reconfigure = getattr(sys.stdout, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(line_buffering=True)
+            except (OSError, ValueError):
+                pass
         sys.path[:] = boot.sys_path
         if os.getcwd() != boot.cwd:
             os.chdir(boot.cwd)

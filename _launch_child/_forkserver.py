@@ -5,7 +5,8 @@ its only link to the parent. Requests (one datagram each, pickled):
 
 - ``("preload", modules, sys_path, cwd)`` → ``("warm", None)`` or ``("warm", traceback)``
 - ``("fork", parent_pid)`` with two fds (the child's control socket, a status pipe's
-  write end) → ``("forked", pid)``
+  write end), plus two more for ``output="prefix"`` (pipes that become the child's
+  stdout and stderr) → ``("forked", pid)``
 
 When a child exits, the server kills what is left of its process group, reaps it and
 writes its exit code (4 bytes, signed) to the status pipe. EOF on the request socket
@@ -94,7 +95,7 @@ def serve(fd: int) -> None:
         if sock.fileno() not in readable:
             continue
         try:
-            data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 2)
+            data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
         except OSError:
             data, fds = b"", []
         if not data:
@@ -104,7 +105,7 @@ def serve(fd: int) -> None:
             error = _preload(*request[1:])
             sock.send(pickle.dumps(("warm", error)))
         elif request[0] == "fork":
-            control_fd, status_fd = fds
+            control_fd, status_fd, *output_fds = fds
             pid = os.fork()
             if pid == 0:
                 sock.close()
@@ -113,8 +114,13 @@ def serve(fd: int) -> None:
                 os.close(status_fd)
                 for other in status_fds.values():
                     os.close(other)
+                for target, source in zip((1, 2), output_fds, strict=False):
+                    os.dup2(source, target)
+                    os.close(source)
                 fork_main(control_fd, me)
             os.close(control_fd)
+            for source in output_fds:
+                os.close(source)
             status_fds[pid] = status_fd
             sock.send(pickle.dumps(("forked", pid)))
         else:

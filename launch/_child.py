@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import logging
 import pickle
 import time
 from dataclasses import dataclass, field
@@ -13,8 +14,11 @@ import anyio
 from _launch_child._protocol import ErrorReport
 
 from ._channel import ControlChannel
+from ._output import OutputPump
 from ._process import ProcessHandle
 from ._spec import ProcessSpec
+
+logger = logging.getLogger("launch")
 
 
 class ChildState(enum.Enum):
@@ -57,7 +61,7 @@ class Child:
     def __init__(self, spec: ProcessSpec, group: str) -> None:
         self.spec = spec
         self.group = group
-        self.state = ChildState.PENDING
+        self._state = ChildState.PENDING
         self.times = ChildTimes()
         self.phase: str | None = None
         self.exitcode: int | None = None
@@ -65,6 +69,7 @@ class Child:
         # runtime parts, owned by the group's task tree
         self._process: ProcessHandle | None = None
         self._channel: ControlChannel | None = None
+        self._output: OutputPump | None = None
         self._error: ErrorReport | None = None
         self._payload_error: BaseException | None = None
         self._spawn_done = anyio.Event()
@@ -79,9 +84,32 @@ class Child:
         return self.spec.name
 
     @property
+    def state(self) -> ChildState:
+        """Where the child is in its life."""
+        return self._state
+
+    @state.setter
+    def state(self, new: ChildState) -> None:
+        old, self._state = self._state, new
+        if old is not new:
+            extra = ""
+            if new is ChildState.READY and self.times.startup_s is not None:
+                extra = f" after {self.times.startup_s:.3f}s"
+            elif new is ChildState.EXITED:
+                extra = f" with exit code {self.exitcode}"
+            logger.info(
+                "%s/%s (pid %s): %s -> %s%s", self.group, self.name, self.pid, old, new, extra
+            )
+
+    @property
     def pid(self) -> int | None:
         """The process id, once spawned."""
         return self._process.pid if self._process is not None else None
+
+    @property
+    def output_tail(self) -> list[str]:
+        """The last lines the child wrote (``output="prefix"`` only; else empty)."""
+        return list(self._output.tail) if self._output is not None else []
 
     @property
     def ready(self) -> bool:
@@ -100,6 +128,9 @@ class Child:
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
+        if logger.isEnabledFor(logging.DEBUG):
+            shown = f"ready ({len(message[1])} bytes of payload)" if kind == "ready" else message
+            logger.debug("%s/%s (pid %s) sent %s", self.group, self.name, self.pid, shown)
         if kind == "booted":
             self.times.booted = message[1]
         elif kind == "phase":
@@ -132,6 +163,7 @@ class Child:
         if self._channel is None or self._channel.closed:
             return False
         self._mark_stopping()
+        logger.debug("%s/%s (pid %s): sending stop", self.group, self.name, self.pid)
         return self._channel.send_nowait(("stop",))
 
     def send_signal(self, sig: int) -> None:

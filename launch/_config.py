@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from ._pipeline_spec import PipelineSpec, StageSpec
-from ._spec import START_METHODS, ProcessSpec, ShutdownPolicy
+from ._spec import OUTPUTS, START_METHODS, ProcessSpec, ShutdownPolicy
 
 T = TypeVar("T")
 
@@ -33,6 +33,7 @@ STAGE_KEYS = (
     "env",
     "start_method",
     "ready_timeout",
+    "output",
     "shutdown",
 )
 SHUTDOWN_KEYS = ("stop_timeout", "term_timeout", "kill_timeout")
@@ -158,6 +159,9 @@ def _stage(path: Path, data: Any, index: int, defaults: _Table) -> StageSpec:
         defaults.data.get("start_method", "spawn"),
     )
     ready_timeout = table.seconds("ready_timeout", defaults.seconds("ready_timeout", 600.0))
+    output: Any = table.get(
+        "output", lambda v: v in OUTPUTS, f"one of {', '.join(OUTPUTS)}", "inherit"
+    )
     devices: list[int | str] = table.get(
         "devices",
         lambda v: isinstance(v, list) and all(isinstance(d, int | str) for d in v),
@@ -175,6 +179,7 @@ def _stage(path: Path, data: Any, index: int, defaults: _Table) -> StageSpec:
                     kwargs=child_kwargs,
                     start_method=start_method,
                     ready_timeout=ready_timeout,
+                    output=output,
                 )
             )
         return StageSpec(

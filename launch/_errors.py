@@ -16,7 +16,8 @@ class ChildFailed(Exception):
     (negative: killed by that signal; None: still running when it was declared failed),
     ``phase`` (the child's last ``launch.phase``), ``remote_traceback`` (the child's own
     traceback text, or the parent's for a :class:`SpawnFailed`), ``remote_type``,
-    ``spawned_at`` and ``failed_at`` (``time.monotonic()`` values).
+    ``spawned_at`` and ``failed_at`` (``time.monotonic()`` values), ``output_tail``
+    (its last lines of stdout/stderr, with ``output="prefix"``).
     """
 
     what = "failed"
@@ -35,6 +36,7 @@ class ChildFailed(Exception):
         spawned_at: float | None = None,
         failed_at: float = 0.0,
         detail: str = "",
+        output_tail: list[str] | None = None,
     ) -> None:
         super().__init__(name)
         self.name = name
@@ -48,6 +50,7 @@ class ChildFailed(Exception):
         self.spawned_at = spawned_at
         self.failed_at = failed_at
         self.detail = detail
+        self.output_tail = output_tail
 
     def summary(self) -> str:
         """One line: who, what, where."""
@@ -74,6 +77,8 @@ class ChildFailed(Exception):
             tail = lines[-TRACEBACK_TAIL_LINES:]
             cut = "" if len(lines) <= len(tail) else f" (last {len(tail)} lines)"
             text += f"\n--- traceback of {self.name!r}{cut} ---\n" + "\n".join(tail)
+        if self.output_tail:
+            text += f"\n--- last output of {self.name!r} ---\n" + "\n".join(self.output_tail)
         return text
 
     def __reduce__(self) -> tuple[object, ...]:

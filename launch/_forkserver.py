@@ -120,9 +120,12 @@ class ForkServer:
         with self._lock:  # held while the server imports; never waits for LAUNCH_LOCK
             self._drain_warm()
 
-    def fork(self, control_fd: int, parent_pid: int) -> tuple[int, int]:
+    def fork(
+        self, control_fd: int, parent_pid: int, output_fds: tuple[int, ...] = ()
+    ) -> tuple[int, int]:
         """Fork a child that runs the bootstrap on ``control_fd``; returns (pid, status fd).
 
+        ``output_fds`` (two write ends, or none) become the child's stdout and stderr.
         Called under LAUNCH_LOCK.
         """
         self._ensure_running()
@@ -133,7 +136,7 @@ class ForkServer:
                 socket.send_fds(
                     self._sock,  # type: ignore[arg-type]
                     [pickle.dumps(("fork", parent_pid))],
-                    [control_fd, status_w],
+                    [control_fd, status_w, *output_fds],
                 )
                 kind, pid = self._recv()
             except BaseException:

@@ -32,6 +32,7 @@ from ._errors import (
     launch_failed,
 )
 from ._forkserver import FORKSERVER, ForkserverError
+from ._output import OutputPump
 from ._spawn import build_boot, spawn
 from ._spec import ProcessSpec, ShutdownPolicy, validate_group
 from ._teardown import Unreaped, teardown
@@ -113,6 +114,7 @@ class Group:
             spawned_at=child.times.spawned,
             failed_at=time.monotonic(),
             detail=detail,
+            output_tail=child.output_tail or None,
         )
 
     # --- the task tree ---
@@ -126,19 +128,23 @@ class Group:
                 process, channel = child._process, child._channel
                 if process is None or channel is None:
                     return
+                output = child._output
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._read, child, channel)
+                    if output is not None:
+                        tg.start_soon(output.run)
                     await process.wait_exited()
                     with anyio.move_on_after(_DRAIN_S):
                         await child._eof.wait()
+                        if output is not None:
+                            await output.done.wait()
                     tg.cancel_scope.cancel()
                 child.exitcode = process.reap()
                 child.times.exited = time.monotonic()
                 child.state = ChildState.EXITED
-                logger.debug(
-                    "child %r (pid %s) exited with %s", child.name, child.pid, child.exitcode
-                )
             finally:
+                if child._output is not None:
+                    child._output.finish()
                 if child._channel is not None:
                     child._channel.close()
                 if child._process is not None and child.state is ChildState.EXITED:
@@ -174,6 +180,8 @@ class Group:
                 # still finds the process to tear down.
                 child._process = spawned.process
                 child._channel = ControlChannel(spawned.sock)
+                if spawned.output_fds is not None:
+                    child._output = OutputPump(spawned.output_fds, f"{self.name}/{child.name}")
                 child.times.spawned = spawned.spawned_at
                 child.times.lock_wait_s = spawned.lock_wait_s
                 child.state = ChildState.STARTING
@@ -186,13 +194,12 @@ class Group:
             child._spawn_done.set()
 
         assert child._channel is not None
-        logger.debug("child %r spawned (pid %s)", child.name, child.pid)
+        logger.debug("%s/%s (pid %s): sending boot", self.name, child.name, child.pid)
         await child._channel.send_frame(boot)
         deadline = spec.ready_timeout
         with anyio.move_on_after(deadline if deadline is not None else float("inf")) as scope:
             await child._settled.wait()
         if child.ready:
-            logger.debug("child %r READY", child.name)
             return
         if child._payload_error is not None:
             bad = child._payload_error

@@ -35,6 +35,7 @@ class Spawned:
     sock: socket.socket
     lock_wait_s: float
     spawned_at: float
+    output_fds: tuple[int, int] | None = None  # read ends of stdout, stderr ("prefix")
 
 
 def build_boot(spec: ProcessSpec, group: str, overlay: Mapping[str, str] | None = None) -> bytes:
@@ -99,44 +100,71 @@ def env_overlay(overlay: Mapping[str, str] | None) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _start_spawn(fd: int) -> ProcessHandle:
+def _start_spawn(fd: int, out: tuple[int, ...]) -> ProcessHandle:
     args = child_interpreter_argv("_bootstrap", f"spawn_main({fd}, {os.getpid()})")
-    popen = subprocess.Popen(args, pass_fds=(fd,), start_new_session=True, stdin=subprocess.DEVNULL)
+    stdout, stderr = out if out else (None, None)
+    popen = subprocess.Popen(
+        args,
+        pass_fds=(fd,),
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+    )
     return DirectProcess(popen.pid, popen)
 
 
-def _start_fork(fd: int, parent_fd: int) -> ProcessHandle:
+def _start_fork(
+    fd: int, parent_fd: int, out: tuple[int, ...], close: tuple[int, ...]
+) -> ProcessHandle:
     parent_pid = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         os.close(parent_fd)
+        for target, source in zip((1, 2), out, strict=False):
+            os.dup2(source, target)
+        for unused in (*out, *close):
+            os.close(unused)
+        if out:  # the parent's sys.stdout may not write to fd 1 (a test runner's capture)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         from _launch_child._bootstrap import fork_main
 
         fork_main(fd, parent_pid)
     return DirectProcess(pid)
 
 
-def _start_forkserver(fd: int) -> ProcessHandle:
-    pid, status_fd = FORKSERVER.fork(fd, os.getpid())
+def _start_forkserver(fd: int, out: tuple[int, ...]) -> ProcessHandle:
+    pid, status_fd = FORKSERVER.fork(fd, os.getpid(), out)
     return ForkserverProcess(pid, status_fd)
 
 
 def spawn(spec: ProcessSpec, group: str, overlay: Mapping[str, str] | None = None) -> Spawned:
     """Start one child (blocking: run it in a worker thread). Raises :class:`SpawnFailed`."""
     parent_sock, child_sock = socket.socketpair()
+    readers: tuple[int, ...] = ()
+    writers: tuple[int, ...] = ()
+    if spec.output == "prefix":
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        readers, writers = (out_r, err_r), (out_w, err_w)
     requested = time.monotonic()
     try:
         with LAUNCH_LOCK:
             acquired = time.monotonic()
             with env_overlay(overlay):
                 if spec.start_method == "spawn":
-                    process = _start_spawn(child_sock.fileno())
+                    process = _start_spawn(child_sock.fileno(), writers)
                 elif spec.start_method == "fork":
-                    process = _start_fork(child_sock.fileno(), parent_sock.fileno())
+                    process = _start_fork(
+                        child_sock.fileno(), parent_sock.fileno(), writers, readers
+                    )
                 else:
-                    process = _start_forkserver(child_sock.fileno())
+                    process = _start_forkserver(child_sock.fileno(), writers)
     except BaseException as exc:
         parent_sock.close()
+        for fd in readers:
+            os.close(fd)
         if not isinstance(exc, Exception):
             raise
         detail = str(exc) if isinstance(exc, ForkserverError) else ""
@@ -150,4 +178,7 @@ def spawn(spec: ProcessSpec, group: str, overlay: Mapping[str, str] | None = Non
         ) from exc
     finally:
         child_sock.close()
-    return Spawned(process, parent_sock, acquired - requested, time.monotonic())
+        for fd in writers:
+            os.close(fd)
+    output = (readers[0], readers[1]) if readers else None
+    return Spawned(process, parent_sock, acquired - requested, time.monotonic(), output)

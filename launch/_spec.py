@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 StartMethod = Literal["spawn", "forkserver", "fork"]
 START_METHODS: tuple[str, ...] = ("spawn", "forkserver", "fork")
+Output = Literal["inherit", "prefix"]
+OUTPUTS: tuple[str, ...] = ("inherit", "prefix")
 
 _TARGET_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -34,6 +36,9 @@ class ProcessSpec:
     child after ``env`` is applied) or a picklable callable. ``kwargs`` are pickled in
     the parent; ``env`` is applied inside the child before the target is imported;
     ``ready_timeout`` counts from the spawn to READY (``None``: no deadline).
+    ``output="inherit"`` (default) lets the child write to the parent's stdout and
+    stderr; ``output="prefix"`` pipes them to the parent, which prints each line as
+    ``[group/name] line`` and keeps the last lines for the child's :class:`ChildFailed`.
     """
 
     target: str | Callable[..., Any]
@@ -42,6 +47,7 @@ class ProcessSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     start_method: StartMethod = "spawn"
     ready_timeout: float | None = 600.0
+    output: Output = "inherit"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -75,6 +81,10 @@ class ProcessSpec:
                     f"{owner}: env[{key!r}] must be a string, got {type(value).__name__} {value!r}"
                 )
         _check_timeout(owner, "ready_timeout", self.ready_timeout, allow_none=True)
+        if self.output not in OUTPUTS:
+            raise ValueError(
+                f"{owner}: unknown output {self.output!r}; expected one of {', '.join(OUTPUTS)}"
+            )
         object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 

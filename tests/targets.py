@@ -108,3 +108,22 @@ def meet(mine: str, theirs: str, timeout: float = 10.0) -> None:
         time.sleep(0.01)
     launch.ready()
     launch.wait_for_stop()
+
+
+def chatty(lines: int = 10) -> None:
+    """Many lines on stdout and stderr, then a last line without a newline."""
+    for i in range(lines):
+        print(f"out {i} " + "x" * 40)
+    for i in range(3):
+        print(f"err {i}", file=sys.stderr)
+    launch.ready()
+    launch.wait_for_stop()
+    sys.stdout.write("partial last line")
+    sys.stdout.flush()
+
+
+def print_then_crash() -> None:
+    launch.phase("load_model")
+    print("loading shard 3 of 8", flush=True)
+    print("warning: shard 3 checksum mismatch", file=sys.stderr, flush=True)
+    raise RuntimeError("weights file is corrupt")

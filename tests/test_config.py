@@ -38,6 +38,7 @@ after = "thinker"
 start_method = "spawn"
 ready_timeout = "none"
 env = { MODE = "fast" }
+output = "prefix"
 
 [stage.shutdown]
 term_timeout = 4
@@ -68,6 +69,7 @@ def test_a_full_file(tmp_path: Path) -> None:
     assert talker.specs[0].start_method == "spawn"
     assert talker.specs[0].ready_timeout is None
     assert dict(talker.env) == {"MODE": "fast"}
+    assert talker.specs[0].output == "prefix" and thinker.specs[0].output == "inherit"
     assert talker.shutdown == launch.ShutdownPolicy(term_timeout=4)
     assert [s.name for s in talker.specs] == ["talker-0"]
     assert missing_targets(spec) == []
