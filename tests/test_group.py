@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import anyio
-import psutil
 import pytest
+from procs import alive
 
 import launch
 from launch import ProcessSpec, ShutdownPolicy
@@ -26,14 +26,6 @@ def method(request: pytest.FixtureRequest) -> str:
 def spec(target: str, name: str, method: str, **kw: object) -> ProcessSpec:
     kwargs = kw.pop("kwargs", {})
     return ProcessSpec(f"targets:{target}", name=name, kwargs=kwargs, start_method=method, **kw)  # type: ignore[arg-type]
-
-
-def alive(pid: int | None) -> bool:
-    assert pid is not None
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 async def test_eight_one_second_inits_start_concurrently(method: str) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import psutil
 import pytest
+from procs import alive
 
 import launch
 from launch import PipelineSpec, ProcessSpec, ShutdownPolicy, StageSpec
@@ -32,14 +32,6 @@ def child(target: str, name: str, **kwargs: Any) -> ProcessSpec:
 
 def pipeline(tmp_path: Path, *stages: StageSpec, **kw: Any) -> PipelineSpec:
     return PipelineSpec(list(stages), lock_dir=tmp_path / "locks", shutdown=FAST, **kw)
-
-
-def alive(pid: int | None) -> bool:
-    assert pid is not None
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 async def test_stages_start_concurrently(tmp_path: Path) -> None:
