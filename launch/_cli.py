@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from ._pipeline_spec import PipelineSpec
 
 EPILOG = """\
 exit codes: 0 stopped on request (Ctrl-C, SIGTERM) or demo done; 2 bad arguments or
@@ -108,14 +109,11 @@ def _check(file: Path) -> int:
     return 0
 
 
-def _run(spec: object, args: argparse.Namespace, *, stay_up: bool) -> int:
+def _run(spec: PipelineSpec, args: argparse.Namespace, *, stay_up: bool) -> int:
     import anyio
 
-    from ._pipeline_spec import PipelineSpec
     from ._up import Outcome, run_pipeline
     from ._view import open_view
-
-    assert isinstance(spec, PipelineSpec)
 
     async def main() -> Outcome:
         with open_view(args.plain) as view:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -146,8 +147,6 @@ class DeviceLockTimeout(ChildFailed):
         failed_at: float | None = None,
         **kwargs: Any,
     ) -> None:
-        import time
-
         super().__init__(
             name,
             group=name,
@@ -194,6 +193,18 @@ def _leaves(group: BaseExceptionGroup[ChildFailed]) -> list[ChildFailed]:
         else:
             out.append(exc)
     return out
+
+
+def raise_failures(
+    name: str, failures: Sequence[ChildFailed], unreaped: Sequence[object], *, kind: str = "group"
+) -> None:
+    """Raise the LaunchFailed of ``failures`` (if any), noting processes left unreaped."""
+    if not failures:
+        return
+    error = launch_failed(name, failures, kind=kind)
+    for stuck in unreaped:
+        error.add_note(str(stuck))
+    raise error
 
 
 def launch_failed(

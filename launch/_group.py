@@ -29,7 +29,7 @@ from ._errors import (
     ChildFailed,
     ReadyTimeout,
     SpawnFailed,
-    launch_failed,
+    raise_failures,
 )
 from ._forkserver import FORKSERVER, ForkserverError
 from ._output import OutputPump
@@ -255,11 +255,7 @@ async def _run_group(group: Group) -> AsyncIterator[Group]:
         unwrapped = eg.exceptions[0]
     if unwrapped is not None:
         raise unwrapped  # outside the except: no "during handling" chain onto the group
-    if group.failures:
-        error = launch_failed(group.name, group.failures)
-        for stuck in group.unreaped:
-            error.add_note(str(stuck))
-        raise error
+    raise_failures(group.name, group.failures, group.unreaped)
 
 
 def open_group(

@@ -25,7 +25,7 @@ import anyio
 
 from ._child import Child
 from ._devicelock import acquire_device_locks, default_lock_dir
-from ._errors import ChildFailed, DeviceLockTimeout, LaunchFailed, launch_failed
+from ._errors import ChildFailed, DeviceLockTimeout, LaunchFailed, raise_failures
 from ._group import Group, _run_group
 from ._pipeline_spec import PipelineSpec, StageSpec
 from ._spec import ShutdownPolicy
@@ -51,7 +51,7 @@ class Pipeline:
             self.stages[stage.name] = Group(
                 stage.name, spec.child_specs(stage), shutdown, env_overlay=stage.env
             )
-        self.waiting: dict[str, str | None] = dict.fromkeys(self.stages, "start")
+        self.waiting: dict[str, str | None] = dict.fromkeys(self.stages)
         self.device_lock_waits: dict[str, tuple[float, float]] = {}
         self.started_at = 0.0  # time.monotonic() when the pipeline started
         self.ready_at: float | None = None  # ... and when its last stage became READY
@@ -158,11 +158,7 @@ async def _run_pipeline(pipeline: Pipeline) -> AsyncIterator[Pipeline]:
         unwrapped = eg.exceptions[0]
     if unwrapped is not None:
         raise unwrapped  # outside the except: no "during handling" chain onto the group
-    if pipeline.failures:
-        error = launch_failed(pipeline.name, pipeline.failures, kind="pipeline")
-        for stuck in pipeline.unreaped:
-            error.add_note(str(stuck))
-        raise error
+    raise_failures(pipeline.name, pipeline.failures, pipeline.unreaped, kind="pipeline")
 
 
 def open_pipeline(spec: PipelineSpec) -> AbstractAsyncContextManager[Pipeline]:

@@ -21,6 +21,7 @@ import anyio
 from ._errors import ChildFailed, LaunchFailed
 from ._pipeline import Pipeline, _run_pipeline
 from ._pipeline_spec import PipelineSpec
+from ._spec import ShutdownPolicy
 from ._view import (
     LIVE_COLUMNS,
     REFRESH_S,
@@ -80,8 +81,6 @@ async def _refresh(view: View, pipeline: Pipeline) -> None:
 
 
 def _teardown_budget(spec: PipelineSpec) -> float:
-    from ._spec import ShutdownPolicy
-
     default = spec.shutdown or ShutdownPolicy()
     return max((stage.shutdown or default).budget for stage in spec.stages)
 

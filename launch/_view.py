@@ -21,7 +21,7 @@ def stage_status(pipeline: Pipeline, stage: str) -> str:
     """One word or phrase for where a stage is."""
     group = pipeline[stage]
     waiting = pipeline.waiting.get(stage)
-    if waiting and waiting != "start":
+    if waiting:
         return f"waiting ({waiting})"
     states = {child.state for child in group}
     if states == {ChildState.PENDING}:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from procs import alive
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "omni_pipeline.toml"
@@ -117,13 +118,7 @@ class Cli:
 
 
 def gone(pids: list[int]) -> bool:
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return False
-        except psutil.NoSuchProcess:
-            pass
-    return True
+    return not any(alive(pid) for pid in pids)
 
 
 def test_check_accepts_the_example(tmp_path: Path) -> None:
