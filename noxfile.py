@@ -30,6 +30,17 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """`launch bench`: startup and teardown against today's strategies (not run by CI).
+
+    ``nox -s bench -- --quick`` takes under a minute; ``-- --model torch`` times torch
+    children; results land in bench-results/ (JSON and a plot).
+    """
+    session.install("-e", ".[torch,cli,plot]", TORCH)
+    session.run("launch", "bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check."""
     session.install("ruff==0.17.5")

@@ -1,3 +1,4 @@
 from ._cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # not when multiprocessing re-imports it as __mp_main__
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""The ``launch`` command line: ``up``, ``check`` and ``demo``.
+"""The ``launch`` command line: ``up``, ``check``, ``demo``, ``trace`` and ``bench``.
 
 Exit codes: 0 stopped on request (or the demo finished), 2 bad arguments or pipeline
 file, 3 startup failed, 4 a child died while the pipeline was up.
@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from ._bench_cli import add_bench_parser, run_bench_command
 from ._pipeline_spec import PipelineSpec
 
 EPILOG = """\
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="spawn",
         help="how the demo's children start (default: spawn)",
     )
+    add_bench_parser(commands, EPILOG)
     return parser
 
 
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args.file)
     if args.command == "trace":
         return _trace(args)
+    if args.command == "bench":
+        return run_bench_command(args)
     if args.command == "up":
         from ._config import ConfigError, load_pipeline
 

@@ -57,7 +57,12 @@ def _ours(proc: psutil.Process) -> bool:
 def leftover_processes(before: set[int], started: float) -> list[psutil.Process]:
     """Descendants not there before, plus orphans of ours created since ``started``."""
     me = psutil.Process()
-    allowed = before | {launch._forkserver.FORKSERVER.pid or -1}
+    # launch's forkserver, and multiprocessing's resource tracker (started by the bench's
+    # multiprocessing baselines): singletons owned by their modules, stopped at exit
+    from multiprocessing import resource_tracker
+
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None) or -1
+    allowed = before | {launch._forkserver.FORKSERVER.pid or -1, tracker}
     found = {p.pid: p for p in me.children(recursive=True) if p.pid not in allowed and _ours(p)}
     uid = os.getuid()
     for proc in psutil.process_iter(["ppid", "create_time", "uids", "name"]):

@@ -12,7 +12,7 @@ only inside the children, never by ``import launch.integrations.torch``.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -29,24 +29,26 @@ def join_process_group(
     init_method: str,
     backend: str = "gloo",
     timeout_s: float = 120.0,
+    on_phase: Callable[[str], None] = phase,
 ) -> dict[str, Any]:
     """Import torch, form the process group, run a barrier and an all-reduce.
 
-    Each step is a ``launch.phase``, so the timeline shows where startup went. Returns
+    Each step is a ``launch.phase`` (or a call of ``on_phase``, for callers outside a
+    launch child), so the timeline shows where startup went. Returns
     what a READY payload would carry: rank, world size, backend, device, the all-reduce
     result. Raises ``RuntimeError`` if the all-reduce gives the wrong sum.
     """
-    phase("import torch")
+    on_phase("import torch")
     import torch
     import torch.distributed as dist
 
     device = torch.device("cpu")
     if backend == "nccl":
-        phase("cuda init")
+        on_phase("cuda init")
         index = rank % torch.cuda.device_count()
         torch.cuda.set_device(index)
         device = torch.device("cuda", index)
-    phase("init_process_group")
+    on_phase("init_process_group")
     dist.init_process_group(
         backend,
         init_method=init_method,
@@ -55,12 +57,12 @@ def join_process_group(
         timeout=timedelta(seconds=timeout_s),
         device_id=device if backend == "nccl" else None,
     )
-    phase("barrier")
+    on_phase("barrier")
     if backend == "nccl":
         dist.barrier(device_ids=[device.index])
     else:
         dist.barrier()
-    phase("all_reduce")
+    on_phase("all_reduce")
     value = torch.tensor([float(rank + 1)], device=device)
     dist.all_reduce(value)
     total = value.item()

@@ -1,0 +1,130 @@
+"""``launch bench``: its arguments, presets (``--quick``) and output files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+QUICK = {"ns": (1, 4, 8), "repeats": 1, "import_s": 0.2, "init_s": 0.2, "teardown_repeats": 1}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of integers, got {text!r}"
+        ) from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    from .bench._config import parse_size
+
+    try:
+        return tuple(parse_size(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_bench_parser(commands: Any, epilog: str) -> None:
+    """Add ``bench`` to the ``launch`` sub-commands."""
+    text = "time startup and teardown of launch against today's launch strategies"
+    bench = commands.add_parser("bench", help=text, description=text + "; see docs/benchmarks.md")
+    bench.add_argument(
+        "--model",
+        choices=("synthetic", "torch", "gpu"),
+        default="synthetic",
+        help="what each child does before READY (default: synthetic)",
+    )
+    bench.add_argument("--quick", action="store_true", help="a small run, under a minute")
+    bench.add_argument("--n", type=_ints, metavar="1,2,4", help="numbers of children")
+    bench.add_argument(
+        "--strategies", type=_names, metavar="A,B", help="strategies to run (default: all)"
+    )
+    bench.add_argument("--repeats", type=int, help="runs per cell (default 3; quick 1)")
+    bench.add_argument("--import-s", type=float, help="synthetic: seconds to import the config")
+    bench.add_argument("--init-s", type=float, help="synthetic: seconds of init")
+    bench.add_argument(
+        "--payload", type=_sizes, metavar="1KiB,1MiB", help="synthetic: kwargs payload sizes"
+    )
+    bench.add_argument(
+        "--work", choices=("sleep", "spin"), default="sleep", help="synthetic: how time is spent"
+    )
+    bench.add_argument("--teardown-n", type=int, help="children in the teardown runs (0: skip)")
+    bench.add_argument("--teardown-repeats", type=int, help="teardown runs per policy")
+    bench.add_argument("--focus-n", type=int, default=8, help="the N the ratios are given at")
+    bench.add_argument(
+        "--out", type=Path, default=Path("bench-results"), help="where JSON and plot go"
+    )
+    bench.add_argument(
+        "--report", type=Path, metavar="FILE.json", help="show a saved result instead of running"
+    )
+    bench.add_argument("--plain", action="store_true", help="plain text, no rich")
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """A :class:`BenchConfig` from the parsed arguments (``--quick`` presets underneath)."""
+    from .bench._config import DEFAULT_NS, BenchConfig
+
+    values: dict[str, Any] = {"model": args.model, "ns": DEFAULT_NS[args.model]}
+    if args.quick:
+        values.update(QUICK)
+        values["ns"] = tuple(n for n in QUICK["ns"])  # type: ignore[attr-defined]
+    given = {
+        "ns": args.n,
+        "strategies": args.strategies,
+        "repeats": args.repeats,
+        "import_s": args.import_s,
+        "init_s": args.init_s,
+        "payloads": args.payload,
+        "teardown_n": args.teardown_n,
+        "teardown_repeats": args.teardown_repeats,
+    }
+    values.update({k: v for k, v in given.items() if v is not None})
+    return BenchConfig(**values, work=args.work, focus_n=args.focus_n, out=args.out)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    """``launch bench``: run (or ``--report`` a saved run), print, write JSON and plot."""
+    from .bench._report import open_progress, print_report, write_plot
+    from .bench._results import BenchResult
+    from .bench._run import run_bench
+
+    if args.report is not None:
+        try:
+            result = BenchResult.read_json(args.report)
+        except ValueError as exc:
+            print(f"launch: {exc}", file=sys.stderr)
+            return 2
+        print_report(result, args.plain)
+        return 0
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"launch: {exc}", file=sys.stderr)
+        return 2
+    result = BenchResult(config={}, machine={})
+    code = 0
+    try:
+        with open_progress(args.plain) as progress:
+            run_bench(config, progress, result)
+    except ValueError as exc:
+        print(f"launch: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("launch: bench interrupted; writing what was measured", file=sys.stderr)
+        code = 130
+    print_report(result, args.plain)
+    stem = args.out / f"bench-{config.model}"
+    print(f"json: {result.write_json(stem.with_suffix('.json'))}")
+    try:
+        print(f"plot: {write_plot(result, stem.with_suffix('.png'))}")
+    except RuntimeError as exc:
+        print(f"launch: {exc}", file=sys.stderr)
+    return code

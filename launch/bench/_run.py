@@ -1,0 +1,222 @@
+"""The bench driver: every strategy, every N, every repeat, interleaved; then teardown."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+from ._config import BenchConfig, format_size, visible_gpus
+from ._heavy import heavy_modules, make_config, module_name
+from ._results import BenchResult, StartupCell, TeardownCell
+from ._strategies import STRATEGIES, ChildPlan
+from ._teardown import TEARDOWN_POLICIES
+
+
+class Progress(Protocol):
+    """What the driver reports while it runs (see ``_report.open_progress``)."""
+
+    def begin(self, total: int) -> None: ...
+
+    def step(self, label: str) -> None: ...
+
+    def done(self, label: str, outcome: str) -> None: ...
+
+
+class Quiet:
+    """A progress that shows nothing."""
+
+    def begin(self, total: int) -> None:
+        pass
+
+    def step(self, label: str) -> None:
+        pass
+
+    def done(self, label: str, outcome: str) -> None:
+        pass
+
+
+def plans_for(config: BenchConfig, n: int, payload: int | None, scratch: Path) -> list[ChildPlan]:
+    """The children of one trial."""
+    if config.model == "synthetic":
+        params = {
+            "config": make_config(
+                scratch,
+                import_s=config.import_s,
+                init_s=config.init_s,
+                work=config.work,
+                payload=payload or 0,
+            )
+        }
+        return [ChildPlan(f"child-{i}", "synthetic", params) for i in range(n)]
+    from ..integrations.torch import free_ports
+
+    init_method = f"tcp://127.0.0.1:{free_ports(1)[0]}"
+    backend = "nccl" if config.model == "gpu" else "gloo"
+    return [
+        ChildPlan(
+            f"rank-{i}",
+            config.model,
+            {"rank": i, "world_size": n, "init_method": init_method, "backend": backend},
+        )
+        for i in range(n)
+    ]
+
+
+def preload_for(config: BenchConfig) -> list[str]:
+    """What launch's forkserver imports once for the ``launch-forkserver`` strategy."""
+    if config.model == "synthetic":
+        return ["launch.bench._child", module_name(config.import_s, config.work)]
+    return ["launch.bench._child", "launch.integrations.torch", "torch"]
+
+
+def machine() -> dict[str, Any]:
+    """Facts about where the bench ran."""
+    facts: dict[str, Any] = {
+        "cpus": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "gpus_visible": visible_gpus(),
+    }
+    for package in ("launch", "anyio", "trio", "torch"):
+        try:
+            facts[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return facts
+
+
+def _label(strategy: str, n: int, payload: int | None) -> str:
+    size = f", payload {format_size(payload)}" if payload is not None else ""
+    return f"{strategy} N={n}{size}"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error in one line; a child's traceback is summed up by its last line."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if len(lines) > 1 and lines[0].endswith(":"):
+        text += " " + lines[-1].strip()
+    return f"{type(exc).__name__}: {text}"
+
+
+DEADLOCK = (
+    "skipped: a collective init cannot finish while one rank holds the lock until it is "
+    "READY (the lock deadlocks by construction)"
+)
+
+
+def skip_reason(config: BenchConfig, strategy: str, n: int) -> str | None:
+    """Why a cell is not run, if it is not."""
+    if strategy == "locked" and config.model != "synthetic" and n > 1:
+        return DEADLOCK
+    return None
+
+
+def checked_ns(config: BenchConfig) -> tuple[int, ...]:
+    """The N values to run; the GPU model needs one GPU per rank."""
+    if config.model != "gpu":
+        return config.ns
+    gpus = visible_gpus()
+    if gpus == 0:
+        raise ValueError("bench: model 'gpu' needs visible NVIDIA GPUs; none found")
+    ns = tuple(n for n in config.ns if n <= gpus)
+    if not ns:
+        raise ValueError(f"bench: model 'gpu' has {gpus} GPU(s); every N asked for is larger")
+    return ns
+
+
+def run_bench(
+    config: BenchConfig, progress: Progress | None = None, result: BenchResult | None = None
+) -> BenchResult:
+    """Run the bench described by ``config``; fills and returns ``result`` (pass your own
+    to keep what was measured if the run is interrupted)."""
+    progress = progress or Quiet()
+    ns = checked_ns(config)
+    strategies = config.chosen
+    series = config.series
+    teardown = [p for p in TEARDOWN_POLICIES if config.teardown_n > 0]
+    if result is None:
+        result = BenchResult(config={}, machine={})
+    result.config = {**asdict(config), "ns": list(ns), "strategies": list(strategies)}
+    result.config["out"] = str(config.out) if config.out is not None else None
+    result.machine = machine()
+    total = config.repeats * len(ns) * len(series) * len(strategies)
+    total += config.teardown_repeats * len(teardown)
+    progress.begin(total)
+    began = time.monotonic()
+    cells = {(s, n, p): StartupCell(s, n, p) for n in ns for p in series for s in strategies}
+    result.startup = list(cells.values())
+    tcells = {policy: TeardownCell(policy, config.teardown_n) for policy in teardown}
+    result.teardown = list(tcells.values())
+    with heavy_modules() as scratch:
+        if "launch-forkserver" in strategies:
+            from .._forkserver import FORKSERVER, prewarm
+
+            progress.step("warming launch's forkserver: " + ", ".join(preload_for(config)))
+            if config.model == "synthetic":
+                make_config(
+                    scratch, import_s=config.import_s, init_s=0, work=config.work, payload=0
+                )
+            t0 = time.monotonic()
+            prewarm(preload_for(config))
+            FORKSERVER.wait_warm()
+            result.forkserver_warm_s = time.monotonic() - t0
+        for _ in range(config.repeats):
+            for n in ns:
+                for payload in series:
+                    for strategy in strategies:
+                        label = _label(strategy, n, payload)
+                        progress.step(label)
+                        cell = cells[strategy, n, payload]
+                        reason = skip_reason(config, strategy, n)
+                        if reason is not None:
+                            if not cell.errors:
+                                cell.errors.append(reason)
+                            progress.done(label, reason)
+                            continue
+                        try:
+                            plans = plans_for(config, n, payload, scratch)
+                            run = STRATEGIES[strategy](plans, config.ready_timeout)
+                        except Exception as exc:
+                            cell.errors.append(_first_line(exc))
+                            progress.done(label, "failed: " + _first_line(exc))
+                            continue
+                        cell.ready_s.append(run.ready_s)
+                        cell.started_s.append(run.started_s)
+                        cell.parent_cpu_s.append(run.parent_cpu_s)
+                        cell.peak_rss_mib.extend(run.peak_rss_mib)
+                        progress.done(label, f"all READY in {run.ready_s:.2f}s")
+        for _ in range(config.teardown_repeats):
+            for policy in teardown:
+                label = f"teardown {policy} N={config.teardown_n}"
+                progress.step(label)
+                tcell = tcells[policy]
+                try:
+                    small = min(config.payloads) if config.payloads else 0
+                    plans = plans_for(
+                        BenchConfig(
+                            model="synthetic",
+                            import_s=config.import_s,
+                            init_s=config.init_s,
+                            work=config.work,
+                        ),
+                        config.teardown_n,
+                        small,
+                        scratch,
+                    )
+                    trun = TEARDOWN_POLICIES[policy](plans, config.ready_timeout)
+                except Exception as exc:
+                    tcell.errors.append(_first_line(exc))
+                    progress.done(label, "failed: " + _first_line(exc))
+                    continue
+                tcell.reaped_s.append(trun.reaped_s)
+                tcell.noticed_s.append(trun.noticed_s)
+                tcell.left.append(trun.left)
+                progress.done(label, f"all reaped {trun.reaped_s:.2f}s after the failure")
+    result.wall_s = time.monotonic() - began
+    return result

@@ -1,0 +1,274 @@
+"""The strategies: today's ways of starting engine processes, and launch's.
+
+Baselines use ``multiprocessing`` (a spawn context, never the host's default) exactly
+as the engines do; every strategy starts the same children and is timed from its first
+start call to the moment every child has said READY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import resource
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._child import LAUNCH_TARGET, mp_entry
+
+_MP = multiprocessing.get_context("spawn")
+_STOP_S = 5.0
+
+
+@dataclass(frozen=True)
+class ChildPlan:
+    """One child of a trial: what it runs."""
+
+    name: str
+    model: str
+    params: dict[str, Any]
+
+
+@dataclass
+class StartupRun:
+    """One trial: seconds from the first start call to all READY, and its costs."""
+
+    ready_s: float
+    started_s: float  # until the last start call returned
+    parent_cpu_s: float
+    peak_rss_mib: list[float] = field(default_factory=list)
+
+
+class BenchChildFailed(RuntimeError):
+    """A baseline's child failed to start (its traceback in the message)."""
+
+
+def cpu_seconds() -> float:
+    """This process's CPU time, every thread included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set so far (``VmHWM``), in MiB; 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class MpChild:
+    """A baseline child: a ``multiprocessing`` Process and the Pipe its READY comes on."""
+
+    def __init__(self, plan: ChildPlan) -> None:
+        self.name = plan.name
+        self.conn, child_conn = _MP.Pipe()
+        self._child_conn = child_conn
+        self.process = _MP.Process(
+            target=mp_entry, args=(child_conn, plan.model, plan.params), name=plan.name
+        )
+        self.ready = False
+
+    def start(self) -> None:
+        self.process.start()
+        self._child_conn.close()
+
+    def take_message(self) -> None:
+        """Read what the child sent (READY or its error); raises if it failed."""
+        try:
+            kind, body = self.conn.recv()
+        except EOFError:
+            self.process.join(1.0)
+            raise BenchChildFailed(
+                f"{self.name} exited before READY (exit code {self.process.exitcode})"
+            ) from None
+        if kind != "ready":
+            raise BenchChildFailed(f"{self.name} failed before READY:\n{body}")
+        self.ready = True
+
+    def wait_ready(self, deadline: float) -> None:
+        while not self.ready:
+            if not self.conn.poll(max(0.0, deadline - time.monotonic())):
+                raise BenchChildFailed(f"{self.name}: no READY before the deadline")
+            self.take_message()
+
+
+def wait_all_ready(children: Sequence[MpChild], deadline: float) -> None:
+    """Wait until every child has sent READY; the first failure raises."""
+    pending = {child.conn: child for child in children if not child.ready}
+    while pending:
+        left = deadline - time.monotonic()
+        ready = multiprocessing.connection.wait(list(pending), max(0.0, left))
+        if not ready:
+            names = ", ".join(child.name for child in pending.values())
+            raise BenchChildFailed(f"no READY before the deadline from {names}")
+        for conn in ready:
+            child = pending.pop(conn)  # type: ignore[call-overload]
+            child.take_message()
+
+
+def stop_all(children: Iterable[MpChild]) -> None:
+    """Ask every started child to stop, then reap it (SIGKILL if it will not go)."""
+    started = [child for child in children if child.process.pid is not None]
+    for child in started:
+        try:
+            child.conn.send(("stop", None))
+        except OSError:
+            pass
+        child.conn.close()
+    deadline = time.monotonic() + _STOP_S
+    for child in started:
+        child.process.join(max(0.0, deadline - time.monotonic()))
+        if child.process.exitcode is None:
+            child.process.kill()
+            child.process.join()
+    for child in children:
+        if child.process.pid is None:
+            child.conn.close()
+            child._child_conn.close()
+
+
+def _run_mp(
+    plans: Sequence[ChildPlan], timeout: float, body: Callable[[list[MpChild], float], float]
+) -> StartupRun:
+    children = [MpChild(plan) for plan in plans]
+    try:
+        cpu0, t0 = cpu_seconds(), time.monotonic()
+        started_at = body(children, t0 + timeout)
+        t1, cpu1 = time.monotonic(), cpu_seconds()
+        rss = [peak_rss_mib(child.process.pid or 0) for child in children]
+        return StartupRun(t1 - t0, started_at - t0, cpu1 - cpu0, rss)
+    finally:
+        stop_all(children)
+
+
+def sequential(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
+    """``start()`` each child in turn, then wait for every READY (vLLM's DP engine cores)."""
+
+    def body(children: list[MpChild], deadline: float) -> float:
+        for child in children:
+            child.start()
+        started = time.monotonic()
+        wait_all_ready(children, deadline)
+        return started
+
+    return _run_mp(plans, timeout, body)
+
+
+def locked(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
+    """A thread per child; each holds one lock across its ``start()`` *and* its READY wait
+    (vLLM-Omni's stage launch before its launch-lock fix)."""
+
+    def body(children: list[MpChild], deadline: float) -> float:
+        lock = threading.Lock()
+        started: list[float] = []
+
+        def one(child: MpChild) -> None:
+            with lock:
+                child.start()
+                started.append(time.monotonic())
+                child.wait_ready(deadline)
+
+        with ThreadPoolExecutor(max_workers=len(children)) as pool:
+            list(pool.map(one, children))
+        return max(started)
+
+    return _run_mp(plans, timeout, body)
+
+
+def threadpool(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
+    """``start()`` from a thread pool, then wait for every READY (vLLM's TP workers)."""
+
+    def body(children: list[MpChild], deadline: float) -> float:
+        with ThreadPoolExecutor(max_workers=len(children)) as pool:
+            list(pool.map(MpChild.start, children))
+        started = time.monotonic()
+        wait_all_ready(children, deadline)
+        return started
+
+    return _run_mp(plans, timeout, body)
+
+
+def gather(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
+    """``asyncio.gather`` of ``to_thread(start)``, then READY awaited in a thread (the
+    async-startup RFC); ``to_thread`` uses the loop's default executor."""
+
+    def body(children: list[MpChild], deadline: float) -> float:
+        async def main() -> float:
+            await asyncio.gather(*(asyncio.to_thread(child.start) for child in children))
+            started = time.monotonic()
+            await asyncio.to_thread(wait_all_ready, children, deadline)
+            return started
+
+        return asyncio.run(main())
+
+    return _run_mp(plans, timeout, body)
+
+
+def _launch(
+    plans: Sequence[ChildPlan], timeout: float, backend: str, start_method: str
+) -> StartupRun:
+    import anyio
+
+    from .._group import open_group
+    from .._spec import ProcessSpec
+
+    specs = [
+        ProcessSpec(
+            LAUNCH_TARGET,
+            name=plan.name,
+            kwargs={"model": plan.model, "params": plan.params},
+            start_method=start_method,  # type: ignore[arg-type]
+            ready_timeout=timeout,
+        )
+        for plan in plans
+    ]
+
+    async def main() -> StartupRun:
+        cpu0, t0 = cpu_seconds(), time.monotonic()
+        async with open_group(specs, name="bench") as group:
+            t1, cpu1 = time.monotonic(), cpu_seconds()
+            spawned = max(child.times.spawned or t1 for child in group)
+            rss = [peak_rss_mib(child.pid or 0) for child in group]
+        return StartupRun(t1 - t0, spawned - t0, cpu1 - cpu0, rss)
+
+    result: StartupRun = anyio.run(main, backend=backend)
+    return result
+
+
+def launch_trio(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
+    """``launch.open_group`` under trio, spawn start method."""
+    return _launch(plans, timeout, "trio", "spawn")
+
+
+def launch_asyncio(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
+    """``launch.open_group`` under asyncio, spawn start method."""
+    return _launch(plans, timeout, "asyncio", "spawn")
+
+
+def launch_forkserver(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
+    """``launch.open_group`` under trio; children forked from launch's forkserver, which
+    has preloaded the model's heavy module (warmed before the clock starts)."""
+    return _launch(plans, timeout, "trio", "forkserver")
+
+
+Strategy = Callable[[Sequence[ChildPlan], float], StartupRun]
+STRATEGIES: dict[str, Strategy] = {
+    "sequential": sequential,
+    "locked": locked,
+    "threadpool": threadpool,
+    "gather": gather,
+    "launch-trio": launch_trio,
+    "launch-asyncio": launch_asyncio,
+    "launch-forkserver": launch_forkserver,
+}
+BASELINES = ("sequential", "locked", "threadpool", "gather")
+LAUNCH_STRATEGIES = ("launch-trio", "launch-asyncio", "launch-forkserver")

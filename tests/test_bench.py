@@ -1,0 +1,230 @@
+"""``launch bench``: the strategies, the spawn pipe-buffer hazard it is built around, the
+teardown policies, and the command's outputs. Figures are the bench's business; these
+tests assert behaviour, and only bounds that hold by construction or with wide margins."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launch.bench import BenchConfig, BenchResult, run_bench
+from launch.bench._heavy import heavy_modules, make_config
+from launch.bench._report import claims, tables
+from launch.bench._strategies import STRATEGIES, ChildPlan, MpChild, stop_all, wait_all_ready
+from launch.bench._teardown import TEARDOWN_POLICIES, VLLM_WAIT_S
+
+ROOT = Path(__file__).parent.parent
+TINY = {"import_s": 0.05, "init_s": 0.05}
+
+
+def plans(
+    scratch: Path, n: int, *, payload: int, import_s: float, init_s: float
+) -> list[ChildPlan]:
+    config = make_config(scratch, import_s=import_s, init_s=init_s, work="sleep", payload=payload)
+    return [ChildPlan(f"child-{i}", "synthetic", {"config": config}) for i in range(n)]
+
+
+@pytest.mark.parametrize(("payload", "blocks"), [(1024, False), (1024 * 1024, True)])
+def test_spawn_start_blocks_on_child_imports_only_above_the_pipe_buffer(
+    payload: int, blocks: bool
+) -> None:
+    """The hazard the synthetic model reproduces: with more than 64 KiB to write,
+    multiprocessing's spawn ``start()`` returns only once the child has imported the
+    config's module (0.6 s here)."""
+    with heavy_modules() as scratch:
+        (plan,) = plans(scratch, 1, payload=payload, import_s=0.6, init_s=0.0)
+        child = MpChild(plan)
+        try:
+            began = time.monotonic()
+            child.start()
+            took = time.monotonic() - began
+            wait_all_ready([child], time.monotonic() + 30)
+        finally:
+            stop_all([child])
+    if blocks:
+        assert took >= 0.5
+    else:
+        assert took < 0.4
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_every_strategy_brings_every_child_to_ready_and_reaps_it(strategy: str) -> None:
+    with heavy_modules() as scratch:
+        if strategy == "launch-forkserver":
+            from launch._forkserver import FORKSERVER, prewarm
+
+            prewarm(["launch.bench._child"])
+            FORKSERVER.wait_warm()
+        run = STRATEGIES[strategy](plans(scratch, 3, payload=200_000, **TINY), 60.0)
+    assert run.ready_s >= TINY["init_s"]
+    assert 0 <= run.started_s <= run.ready_s
+    assert len(run.peak_rss_mib) == 3
+    assert all(rss > 1 for rss in run.peak_rss_mib)
+
+
+def test_locked_serialises_startup_and_the_others_do_not_wait_for_each_other() -> None:
+    """``locked`` holds its lock across each child's whole startup: N children take at
+    least N times one child's work, by construction."""
+    with heavy_modules() as scratch:
+        run = STRATEGIES["locked"](plans(scratch, 3, payload=1024, import_s=0.2, init_s=0.2), 60)
+    assert run.ready_s >= 3 * 0.4
+
+
+def test_a_baseline_reports_its_childs_failure() -> None:
+    from launch.bench._strategies import BenchChildFailed
+
+    with heavy_modules() as scratch:
+        (plan,) = plans(scratch, 1, payload=0, **TINY)
+        broken = ChildPlan("broken", "synthetic", {**plan.params, "crash_after_s": 0.0})
+        with pytest.raises(BenchChildFailed, match="broken failed before READY") as info:
+            STRATEGIES["threadpool"]([plan, broken], 30)
+    assert "KeyError: 'stamp'" in str(info.value)
+
+
+@pytest.mark.parametrize("policy", list(TEARDOWN_POLICIES))
+def test_teardown_policies_reap_every_child(policy: str) -> None:
+    with heavy_modules() as scratch:
+        run = TEARDOWN_POLICIES[policy](plans(scratch, 3, payload=1024, **TINY), 60)
+    assert run.left == 0
+    assert 0 <= run.noticed_s <= run.reaped_s
+    if policy == "vllm-policy":
+        assert run.reaped_s >= VLLM_WAIT_S  # the siblings never read their death pipes
+    else:
+        assert run.reaped_s < 2.0  # launch SIGTERMs un-ready children at once
+
+
+def test_run_bench_fills_every_cell_and_states_the_claims(tmp_path: Path) -> None:
+    config = BenchConfig(
+        ns=(1, 2),
+        strategies=("sequential", "launch-trio"),
+        repeats=2,
+        payloads=(1024,),
+        teardown_n=0,
+        focus_n=2,
+        **TINY,
+    )
+    steps: list[str] = []
+
+    class Record:
+        def begin(self, total: int) -> None:
+            steps.append(f"begin {total}")
+
+        def step(self, label: str) -> None:
+            pass
+
+        def done(self, label: str, outcome: str) -> None:
+            steps.append(label)
+
+    result = run_bench(config, Record())
+    assert steps[0] == "begin 8" and len(steps) == 9
+    assert {(c.strategy, c.n) for c in result.startup} == {
+        (s, n) for s in ("sequential", "launch-trio") for n in (1, 2)
+    }
+    assert all(len(c.ready_s) == 2 and not c.errors for c in result.startup)
+    text = "\n".join(claims(result))
+    assert "launch-trio at N=2 is" in text and "best baseline sequential" in text
+    (_title, header, rows), *_ = tables(result)
+    assert header == ["strategy", "N=1", "N=2"] and [r[0] for r in rows] == [
+        "sequential",
+        "launch-trio",
+    ]
+    loaded = BenchResult.read_json(result.write_json(tmp_path / "r.json"))
+    assert loaded.startup == result.startup
+
+
+def test_locked_is_skipped_for_collective_models_with_the_reason() -> None:
+    from launch.bench._run import skip_reason
+
+    assert skip_reason(BenchConfig(model="torch", ns=(1, 2)), "locked", 2) is not None
+    assert skip_reason(BenchConfig(model="torch", ns=(1, 2)), "locked", 1) is None
+    assert skip_reason(BenchConfig(), "locked", 8) is None
+
+
+def test_bad_config_is_refused_with_the_name() -> None:
+    with pytest.raises(ValueError, match="unknown strategy 'fastest'"):
+        BenchConfig(strategies=("fastest",))
+    with pytest.raises(ValueError, match="N values must be >= 1"):
+        BenchConfig(ns=(0,))
+
+
+def cli(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "launch", "bench", "--plain", "--out", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+
+
+def test_launch_bench_writes_table_json_and_plot(tmp_path: Path) -> None:
+    proc = cli(
+        tmp_path,
+        "--n", "1,2",
+        "--repeats", "1",
+        "--import-s", "0.05",
+        "--init-s", "0.05",
+        "--payload", "1KiB,128KiB",
+        "--teardown-n", "2",
+        "--teardown-repeats", "1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for strategy in STRATEGIES:
+        assert strategy in proc.stdout
+    assert "payload 128 KiB" in proc.stdout and "to all reaped" in proc.stdout
+    assert "[28/31]" in proc.stderr  # progress: 7 strategies x 2 N x 2 payloads + 3 teardowns
+    data = json.loads((tmp_path / "bench-synthetic.json").read_text())
+    assert data["format"] == "launch-bench/1" and data["machine"]["cpus"] >= 1
+    assert len(data["startup"]) == 28
+    assert all(len(cell["ready_s"]) == 1 and not cell["errors"] for cell in data["startup"])
+    assert [t["policy"] for t in data["teardown"]] == [
+        "launch-trio",
+        "launch-asyncio",
+        "vllm-policy",
+    ]
+    assert all(t["left"] == [0] for t in data["teardown"])
+    assert (tmp_path / "bench-synthetic.png").read_bytes()[:4] == b"\x89PNG"
+    again = subprocess.run(
+        [sys.executable, "-m", "launch", "bench", "--plain", "--report", "bench-synthetic.json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert again.returncode == 0 and "launch-forkserver" in again.stdout
+
+
+def test_launch_bench_refuses_bad_arguments(tmp_path: Path) -> None:
+    proc = cli(tmp_path, "--strategies", "fastest")
+    assert proc.returncode == 2 and "unknown strategy 'fastest'" in proc.stderr
+    proc = cli(tmp_path, "--model", "gpu", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 2 and "needs visible NVIDIA GPUs" in proc.stderr
+    proc = cli(tmp_path, "--report", "missing.json")
+    assert proc.returncode == 2 and "missing.json" in proc.stderr
+
+
+def test_torch_model_forms_a_group_under_launch_and_a_baseline(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    proc = cli(
+        tmp_path,
+        "--model", "torch",
+        "--n", "2",
+        "--strategies", "threadpool,launch-trio,locked",
+        "--repeats", "1",
+        "--teardown-n", "0",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "bench-torch.json").read_text())
+    cells = {cell["strategy"]: cell for cell in data["startup"]}
+    assert len(cells["threadpool"]["ready_s"]) == 1 and len(cells["launch-trio"]["ready_s"]) == 1
+    assert cells["locked"]["errors"][0].startswith("skipped")
+    assert "locked N=2: skipped" in proc.stdout
