@@ -3,7 +3,8 @@
 It is started by ``launch._forkserver`` with one end of a SOCK_SEQPACKET socketpair as
 its only link to the parent. Requests (one datagram each, pickled):
 
-- ``("preload", modules, sys_path, cwd)`` → ``("warm", None)`` or ``("warm", traceback)``
+- ``("preload", modules, sys_path, cwd)`` → ``("warm", None)`` or ``("warm", error)``:
+  the import's traceback, or a refusal when an import initialised CUDA
 - ``("fork", parent_pid)`` with two fds (the child's control socket, a status pipe's
   write end), plus two more for ``output="prefix"`` (pipes that become the child's
   stdout and stderr) → ``("forked", pid)``
@@ -34,14 +35,53 @@ from ._bootstrap import fork_main
 STATUS = struct.Struct("!i")
 
 
+CUDA_REFUSED = "launch-forkserver-cuda: "  # prefix of the error text for a CUDA refusal
+
+
+def cuda_initialized() -> str | None:
+    """Why this process counts as having initialised CUDA, or None.
+
+    A process that has initialised CUDA must not fork: its children cannot use the GPU
+    (and may hang). Checked: torch's own flag, and an open ``/dev/nvidia-uvm``, which
+    the CUDA driver opens in ``cuInit`` (NVML, which only queries, does not).
+    """
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    try:
+        if cuda is not None and cuda.is_initialized():
+            return "torch.cuda.is_initialized() is True"
+    except Exception:
+        pass
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/dev/nvidia-uvm"):
+            return f"{target} is open (the CUDA driver was initialised)"
+    return None
+
+
 def _preload(modules: list[str], sys_path: list[str], cwd: str) -> str | None:
     sys.path[:] = sys_path
     os.chdir(cwd)
-    try:
-        for name in modules:
+    for name in modules:
+        try:
             importlib.import_module(name)
-    except BaseException:
-        return traceback.format_exc()
+        except BaseException:
+            return traceback.format_exc()
+        reason = cuda_initialized()
+        if reason is not None:
+            return (
+                f"{CUDA_REFUSED}importing {name!r} initialised CUDA in launch's forkserver "
+                f"({reason}); children forked from it could not use the GPU, so it forks "
+                "none. Keep CUDA calls out of import time (initialise CUDA in the child), "
+                f"or leave {name!r} out of the preload list."
+            )
     return None
 
 
@@ -79,6 +119,7 @@ def serve(fd: int) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     status_fds: dict[int, int] = {}
     me = os.getpid()
+    refused: str | None = None
 
     while True:
         try:
@@ -102,8 +143,14 @@ def serve(fd: int) -> None:
             break
         request: tuple[Any, ...] = pickle.loads(data)
         if request[0] == "preload":
-            error = _preload(*request[1:])
+            error = refused or _preload(*request[1:])
+            if error is not None and error.startswith(CUDA_REFUSED):
+                refused = error  # for good: this process must not fork any more
             sock.send(pickle.dumps(("warm", error)))
+        elif request[0] == "fork" and refused:
+            for unexpected in fds:
+                os.close(unexpected)
+            sock.send(pickle.dumps(("refused", refused)))
         elif request[0] == "fork":
             control_fd, status_fd, *output_fds = fds
             pid = os.fork()

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from ._forkserver import ForkserverError, prewarm
     from ._group import Group, open_group
     from ._pipeline import Pipeline, open_pipeline
+    from ._prefetch import PrefetchStats, prefetch_weights
+    from ._preload import Preload, preload_modules
     from ._teardown import Unreaped
     from ._timeline import Slice, Timeline, Track
 
@@ -50,6 +52,10 @@ _LAZY = {
     "Pipeline": "._pipeline",
     "open_pipeline": "._pipeline",
     "prewarm": "._forkserver",
+    "PrefetchStats": "._prefetch",
+    "prefetch_weights": "._prefetch",
+    "Preload": "._preload",
+    "preload_modules": "._preload",
     "ForkserverError": "._forkserver",
     "Unreaped": "._teardown",
     "Slice": "._timeline",
@@ -87,6 +93,8 @@ __all__ = [
     "LaunchFailed",
     "Pipeline",
     "PipelineSpec",
+    "Preload",
+    "PrefetchStats",
     "ProcessSpec",
     "ReadyTimeout",
     "ShutdownPolicy",
@@ -101,6 +109,8 @@ __all__ = [
     "open_group",
     "open_pipeline",
     "phase",
+    "prefetch_weights",
+    "preload_modules",
     "prewarm",
     "ready",
     "stop_requested",

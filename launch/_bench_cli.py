@@ -60,6 +60,14 @@ def add_bench_parser(commands: Any, epilog: str) -> None:
     bench.add_argument("--teardown-repeats", type=int, help="teardown runs per policy")
     bench.add_argument("--focus-n", type=int, default=8, help="the N the ratios are given at")
     bench.add_argument(
+        "--accelerators",
+        action="store_true",
+        help="also compare forkserver cold/warm, parent preload and weight prefetch",
+    )
+    bench.add_argument(
+        "--shard-mib", type=int, default=128, help="prefetch trial: MiB of weights per child"
+    )
+    bench.add_argument(
         "--out", type=Path, default=Path("bench-results"), help="where JSON and plot go"
     )
     bench.add_argument(
@@ -87,7 +95,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
         "teardown_repeats": args.teardown_repeats,
     }
     values.update({k: v for k, v in given.items() if v is not None})
-    return BenchConfig(**values, work=args.work, focus_n=args.focus_n, out=args.out)
+    return BenchConfig(
+        **values,
+        work=args.work,
+        focus_n=args.focus_n,
+        accelerators=args.accelerators,
+        shard_mib=args.shard_mib,
+        out=args.out,
+    )
 
 
 def run_bench_command(args: argparse.Namespace) -> int:

@@ -178,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             _err(str(exc))
             return 2
+        if spec.uses_forkserver:
+            from ._forkserver import prewarm
+
+            prewarm(spec.preload)  # at once: the server imports while the rest starts up
         return _run(spec, args, stay_up=True)
     from ._demo import INSTALL_TORCH, demo_pipeline, torch_available
 

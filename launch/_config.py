@@ -21,6 +21,8 @@ PIPELINE_KEYS = (
     "start_method",
     "ready_timeout",
     "shutdown",
+    "preload",
+    "prefetch",
 )
 STAGE_KEYS = (
     "name",
@@ -221,6 +223,7 @@ def parse_pipeline(text: str, path: Path) -> PipelineSpec:
         "CUDA_VISIBLE_DEVICES",
     )
     lock_dir = pipeline.string("lock_dir")
+    prefetch = [path.parent / item for item in pipeline.string_list("prefetch")]
     try:
         return PipelineSpec(
             stages,
@@ -229,6 +232,8 @@ def parse_pipeline(text: str, path: Path) -> PipelineSpec:
             lock_dir=(path.parent / lock_dir) if lock_dir is not None else None,
             device_lock_timeout=pipeline.seconds("device_lock_timeout", 600.0),
             shutdown=_shutdown(pipeline),
+            preload=pipeline.string_list("preload"),
+            prefetch=prefetch,
         )
     except ValueError as exc:
         raise ConfigError(path, str(exc)) from None

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from _launch_child._forkserver import CUDA_REFUSED
+
 from ._interpreter import child_interpreter_argv
 from ._lock import LAUNCH_LOCK
 
@@ -24,7 +26,8 @@ _STOP_TIMEOUT_S = 2.0
 
 
 class ForkserverError(RuntimeError):
-    """The forkserver could not be started or a preloaded module failed to import."""
+    """The forkserver could not be started, a preloaded module failed to import, or a
+    preload initialised CUDA in the server (which then forks no child)."""
 
 
 class ForkServer:
@@ -50,14 +53,16 @@ class ForkServer:
         for name in modules:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"prewarm: preload entries must be module names, got {name!r}")
-        with LAUNCH_LOCK, self._lock:
-            if self._sock is None:
-                self._launch()
-                self._request_preload(modules)
-            else:
-                new = [m for m in modules if m not in self._requested]
-                if new:
-                    self._request_preload(new)
+        if self._sock is None:
+            with LAUNCH_LOCK, self._lock:  # starting it is a spawn like any other
+                if self._sock is None:
+                    self._launch()
+                    self._request_preload(modules)
+                    return
+        with self._lock:  # not LAUNCH_LOCK: other children spawn while this waits
+            new = [m for m in modules if m not in self._requested]
+            if new:
+                self._request_preload(new)
 
     def _ensure_running(self) -> None:
         """Start the server if needed: a spawn like any other, so under the launch lock."""
@@ -112,6 +117,8 @@ class ForkServer:
             if error is not None:
                 self._error = error
         if self._error is not None:
+            if self._error.startswith(CUDA_REFUSED):
+                raise ForkserverError(self._error.removeprefix(CUDA_REFUSED))
             raise ForkserverError(f"forkserver preload failed:\n{self._error}")
 
     def wait_warm(self) -> None:
@@ -144,6 +151,9 @@ class ForkServer:
                 raise
             finally:
                 os.close(status_w)
+            if kind == "refused":
+                os.close(status_r)
+                raise ForkserverError(str(pid).removeprefix(CUDA_REFUSED))
             assert kind == "forked", kind
             return pid, status_r
 

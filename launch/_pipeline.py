@@ -3,6 +3,8 @@
 ::
 
     open_pipeline ── task group
+     ├─ prewarm     (if any child uses the forkserver) start it, importing `preload`
+     ├─ prefetch    (if `prefetch`) read model files into the page cache; cancelled at stop
      ├─ stage × S   wait for the stages in `after` to be READY
      │              → device locks (outside the launch lock, cancellable)
      │              → open the stage's group (its own task tree) → release the locks
@@ -16,6 +18,7 @@ entered in one task and left in another corrupts trio's nursery stack).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -26,11 +29,15 @@ import anyio
 from ._child import Child
 from ._devicelock import acquire_device_locks, default_lock_dir
 from ._errors import ChildFailed, DeviceLockTimeout, LaunchFailed, raise_failures
+from ._forkserver import FORKSERVER
 from ._group import Group, _run_group
 from ._pipeline_spec import PipelineSpec, StageSpec
+from ._prefetch import PrefetchStats, prefetch_weights
 from ._spec import ShutdownPolicy
 from ._teardown import Unreaped
 from ._timeline import Timeline, pipeline_timeline
+
+logger = logging.getLogger("launch")
 
 
 class Pipeline:
@@ -53,6 +60,7 @@ class Pipeline:
             )
         self.waiting: dict[str, str | None] = dict.fromkeys(self.stages)
         self.device_lock_waits: dict[str, tuple[float, float]] = {}
+        self.prefetches: list[PrefetchStats] = []
         self.started_at = 0.0  # time.monotonic() when the pipeline started
         self.ready_at: float | None = None  # ... and when its last stage became READY
         self.failures: list[ChildFailed] = []
@@ -93,6 +101,29 @@ class Pipeline:
     def is_ready(self, stage: str) -> bool:
         """True once every child of ``stage`` is READY."""
         return self._ready[stage].is_set()
+
+    async def _prewarm(self) -> None:
+        # Starting the server is a short spawn; its imports then run in the server while
+        # the stages wait for devices and spawn (a forkserver child awaits them).
+        try:
+            await anyio.to_thread.run_sync(FORKSERVER.start, self.spec.preload)
+        except Exception:
+            # the first forkserver child's spawn meets the same error and reports it
+            logger.debug("prewarming launch's forkserver failed", exc_info=True)
+
+    async def _prefetch(self, path: str | Path, scope: anyio.CancelScope) -> None:
+        stats = PrefetchStats(str(path), started_at=time.monotonic())
+        self.prefetches.append(stats)
+        with scope:
+            try:
+                result = await prefetch_weights(path)
+            except Exception as exc:  # a startup aid: its failure fails no stage
+                stats.skipped = f"{type(exc).__name__}: {exc}"
+                return
+            finally:
+                stats.cancelled = scope.cancel_called
+                stats.finished_at = time.monotonic()
+            self.prefetches[self.prefetches.index(stats)] = result
 
     def _fail(self, failure: ChildFailed) -> None:
         self.failures.append(failure)
@@ -144,13 +175,20 @@ async def _run_pipeline(pipeline: Pipeline) -> AsyncIterator[Pipeline]:
     try:
         async with anyio.create_task_group() as tg:
             pipeline._scope = tg.cancel_scope
+            prefetching = [anyio.CancelScope() for _ in pipeline.spec.prefetch]
             try:
+                if pipeline.spec.uses_forkserver:
+                    tg.start_soon(pipeline._prewarm, name="prewarm")
+                for path, scope in zip(pipeline.spec.prefetch, prefetching, strict=True):
+                    tg.start_soon(pipeline._prefetch, path, scope, name=f"prefetch {path}")
                 for stage in pipeline.spec.order():
                     tg.start_soon(pipeline._run_stage, stage, name=f"stage {stage.name}")
                 await pipeline._all_ready.wait()
                 yield pipeline
             finally:
                 pipeline._stop.set()
+                for scope in prefetching:
+                    scope.cancel()  # only a startup aid: not worth waiting for at stop
     except BaseExceptionGroup as eg:
         # Stage tasks never raise; what is here came from the caller's block.
         if len(eg.exceptions) != 1:

@@ -99,6 +99,11 @@ class PipelineSpec:
     ``lock_dir`` holds the device lock files (default: see ``default_lock_dir``);
     ``device_lock_timeout`` bounds the wait for a device another stage or process holds
     (``None``: wait as long as it takes). ``shutdown`` applies to stages without their own.
+
+    ``preload``: modules launch's forkserver imports once, started at the root of the
+    tree so it overlaps everything else (children with ``start_method="forkserver"`` are
+    forks of it; see :func:`launch.prewarm`). ``prefetch``: model directories read into
+    the page cache while the stages spawn (:func:`launch.prefetch_weights`).
     """
 
     stages: Sequence[StageSpec]
@@ -107,9 +112,19 @@ class PipelineSpec:
     lock_dir: str | Path | None = None
     device_lock_timeout: float | None = 600.0
     shutdown: ShutdownPolicy | None = None
+    preload: Sequence[str] = ()
+    prefetch: Sequence[str | Path] = ()
 
     def __post_init__(self) -> None:
         owner = f"pipeline {self.name!r}"
+        for key in ("preload", "prefetch"):
+            value = getattr(self, key)
+            if isinstance(value, str | Path):
+                raise ValueError(f"{owner}: {key} takes a list, not a single {value!r}")
+            items = tuple(value)
+            if not all(isinstance(i, str | Path) and str(i) for i in items):
+                raise ValueError(f"{owner}: {key} entries must be non-empty strings")
+            object.__setattr__(self, key, items)
         if isinstance(self.stages, StageSpec):
             raise ValueError(f"{owner}: pass a list of StageSpec, not a single one")
         stages = tuple(self.stages)
@@ -141,6 +156,13 @@ class PipelineSpec:
         _check_timeout(owner, "device_lock_timeout", self.device_lock_timeout, allow_none=True)
         if self.shutdown is not None and not isinstance(self.shutdown, ShutdownPolicy):
             raise ValueError(f"{owner}: shutdown must be a ShutdownPolicy")
+
+    @property
+    def uses_forkserver(self) -> bool:
+        """True if any child starts from launch's forkserver, or modules are preloaded."""
+        return bool(self.preload) or any(
+            spec.start_method == "forkserver" for stage in self.stages for spec in stage.specs
+        )
 
     def __getitem__(self, name: str) -> StageSpec:
         for stage in self.stages:

@@ -162,4 +162,9 @@ def pipeline_timeline(pipeline: Pipeline) -> Timeline:
             lock = Slice("device lock", LOCK, wait[0] - origin, wait[1] - origin)
             tracks.append(Track(group.name, "device locks", None, (lock,), is_child=False))
         tracks.extend(child_track(child, origin, now) for child in group.children)
+    for stats in pipeline.prefetches:
+        if stats.skipped is None:
+            end = (stats.finished_at or now) - origin
+            read = Slice("prefetch", PHASE, stats.started_at - origin, end)
+            tracks.append(Track("prefetch", stats.path, None, (read,), is_child=False))
     return Timeline(pipeline.name, origin, tuple(tracks))

@@ -127,3 +127,9 @@ def print_then_crash() -> None:
     print("loading shard 3 of 8", flush=True)
     print("warning: shard 3 checksum mismatch", file=sys.stderr, flush=True)
     raise RuntimeError("weights file is corrupt")
+
+
+def report_loaded(names: list[str]) -> None:
+    """READY with which of ``names`` this child has imported (inherited from a forkserver)."""
+    launch.ready({name: name in sys.modules for name in names})
+    launch.wait_for_stop()

@@ -228,3 +228,32 @@ def test_torch_model_forms_a_group_under_launch_and_a_baseline(tmp_path: Path) -
     assert len(cells["threadpool"]["ready_s"]) == 1 and len(cells["launch-trio"]["ready_s"]) == 1
     assert cells["locked"]["errors"][0].startswith("skipped")
     assert "locked N=2: skipped" in proc.stdout
+
+
+def test_accelerator_trials_run_each_variant() -> None:
+    config = BenchConfig(
+        ns=(2,),
+        strategies=("launch-trio",),
+        repeats=1,
+        payloads=(1024,),
+        teardown_n=0,
+        accelerators=True,
+        shard_mib=2,
+        **TINY,
+    )
+    result = run_bench(config)
+    names = [cell.strategy for cell in result.accelerators]
+    assert names == [
+        "forkserver: spawn",
+        "forkserver: cold",
+        "forkserver: warm",
+        "parent preload: import first",
+        "parent preload: preload_modules",
+        "prefetch: cold",
+        "prefetch: prefetch",
+        "prefetch: warm",
+    ]
+    assert all(len(cell.ready_s) == 1 and not cell.errors for cell in result.accelerators)
+    # the parent-preload trials end only once the parent has imported the slow module
+    preload = [c for c in result.accelerators if c.strategy.startswith("parent")]
+    assert all(cell.ready_s[0] >= TINY["import_s"] for cell in preload)

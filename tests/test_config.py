@@ -19,6 +19,8 @@ lock_dir = "locks"
 device_lock_timeout = "none"
 start_method = "forkserver"
 ready_timeout = 30
+preload = ["json", "targets"]
+prefetch = "models/tiny"
 
 [pipeline.shutdown]
 stop_timeout = 0.5
@@ -58,6 +60,8 @@ def test_a_full_file(tmp_path: Path) -> None:
     assert spec.lock_dir == tmp_path / "locks"  # relative to the file
     assert spec.device_lock_timeout is None
     assert spec.shutdown == launch.ShutdownPolicy(stop_timeout=0.5)
+    assert spec.preload == ("json", "targets") and spec.uses_forkserver
+    assert spec.prefetch == (tmp_path / "models" / "tiny",)  # relative to the file
     thinker, talker = spec.stages
     assert [s.name for s in thinker.specs] == ["thinker-0", "thinker-1", "thinker-2"]
     assert [s.kwargs["rank"] for s in thinker.specs] == [0, 1, 2]
@@ -170,6 +174,16 @@ def test_the_example_file_is_valid() -> None:
             "[[stage]]\nname = 'a'\ntarget = 'm:f'\n[[stage]]\nname = 'a'\ntarget = 'm:f'\n",
             "",
             "duplicate stage name 'a'",
+        ),
+        (
+            "[pipeline]\npreload = [1]\n[[stage]]\nname = 'a'\ntarget = 'm:f'\n",
+            "key 'pipeline.preload'",
+            "must be a list of strings",
+        ),
+        (
+            "[pipeline]\nprefetch = {}\n[[stage]]\nname = 'a'\ntarget = 'm:f'\n",
+            "key 'pipeline.prefetch'",
+            "must be a list of strings",
         ),
     ],
 )

@@ -22,6 +22,8 @@ class BenchConfig:
     ``payload`` per child, then ``init_s`` of init), ``"torch"`` (import torch, gloo
     group, barrier, all-reduce) or ``"gpu"`` (the same with CUDA and NCCL, one rank per
     visible GPU). ``teardown_n`` children (0: none) are used for the teardown figures.
+    ``accelerators`` adds the forkserver / parent-preload / prefetch comparisons at
+    ``focus_n`` (prefetch reads ``shard_mib`` MiB per child).
     """
 
     model: str = "synthetic"
@@ -36,6 +38,8 @@ class BenchConfig:
     teardown_repeats: int = 3
     ready_timeout: float = 300.0
     focus_n: int = 8
+    accelerators: bool = False
+    shard_mib: int = 128
     out: Path | None = None
     extras: dict[str, str] = field(default_factory=dict)
 

@@ -53,8 +53,18 @@ def heavy_modules() -> Iterator[Path]:
             yield Path(tmp)
         finally:
             sys.path.remove(tmp)
-            for name in [n for n in sys.modules if n.startswith("launch_bench_config_")]:
+            prefixes = ("launch_bench_config_", "launch_bench_parent_")
+            for name in [n for n in sys.modules if n.startswith(prefixes)]:
                 del sys.modules[name]
+
+
+def fresh_module(directory: Path, *, import_s: float, work: str) -> str:
+    """A new slow module (a name never imported before in this process); its name."""
+    index = sum(1 for _ in directory.glob("launch_bench_parent_*.py"))
+    name = f"launch_bench_parent_{index}"
+    (directory / f"{name}.py").write_text(_TEMPLATE.format(import_s=import_s, work=work))
+    importlib.invalidate_caches()
+    return name
 
 
 def make_config(directory: Path, *, import_s: float, init_s: float, work: str, payload: int) -> Any:

@@ -181,6 +181,28 @@ def tables(result: BenchResult) -> list[tuple[str, list[str], list[list[str]]]]:
             ]
             rows.append(row)
         out.append((title, header, rows))
+    if result.accelerators:
+        n = result.accelerators[0].n
+        title = f"accelerators at N={n}: all-READY seconds (parent preload: and the import)"
+        header = ["trial", "variant", "median", "spread", "x first variant"]
+        rows = []
+        base: float | None = None
+        previous = ""
+        for acell in result.accelerators:
+            trial, _, variant = acell.strategy.partition(": ")
+            if trial != previous:
+                base, previous = acell.median, trial
+            spread = acell.spread
+            rows.append(
+                [
+                    trial,
+                    variant,
+                    _s(acell.median) if acell.median is not None else "failed",
+                    "-" if spread is None else f"{spread[0]:.2f}-{spread[1]:.2f}",
+                    _x(_ratio(acell.median, base)),
+                ]
+            )
+        out.append((title, header, rows))
     if result.teardown:
         title = (
             "teardown: one child fails 0.5 s into init, its siblings still initialising; "
@@ -269,6 +291,9 @@ def notes(result: BenchResult) -> list[str]:
     for tcell in result.teardown:
         for error in dict.fromkeys(tcell.errors):
             lines.append(f"teardown {tcell.policy} N={tcell.n}: {error}")
+    for acell in result.accelerators:
+        for error in dict.fromkeys(acell.errors):
+            lines.append(f"{acell.strategy} N={acell.n}: {error}")
     return lines
 
 

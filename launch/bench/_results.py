@@ -71,6 +71,7 @@ class BenchResult:
     machine: dict[str, Any]
     startup: list[StartupCell] = field(default_factory=list)
     teardown: list[TeardownCell] = field(default_factory=list)
+    accelerators: list[StartupCell] = field(default_factory=list)  # strategy "trial: variant"
     forkserver_warm_s: float | None = None
     wall_s: float = 0.0
 
@@ -87,6 +88,9 @@ class BenchResult:
         for cell, raw in zip(self.startup, data["startup"], strict=True):
             raw["median_s"] = cell.median
             raw["spread_s"] = cell.spread
+        for acell, raw in zip(self.accelerators, data["accelerators"], strict=True):
+            raw["median_s"] = acell.median
+            raw["spread_s"] = acell.spread
         for tcell, raw in zip(self.teardown, data["teardown"], strict=True):
             raw["median_s"] = tcell.median
             raw["spread_s"] = tcell.spread
@@ -117,6 +121,10 @@ class BenchResult:
             teardown=[
                 TeardownCell(**{k: v for k, v in c.items() if k not in drop})
                 for c in data["teardown"]
+            ],
+            accelerators=[
+                StartupCell(**{k: v for k, v in c.items() if k not in drop})
+                for c in data.get("accelerators", [])
             ],
             forkserver_warm_s=data.get("forkserver_warm_s"),
             wall_s=data.get("wall_s", 0.0),

@@ -6,12 +6,23 @@ import importlib.metadata
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._accelerators import (
+    FORKSERVER_VARIANTS,
+    PREFETCH_VARIANTS,
+    PRELOAD_VARIANTS,
+    forkserver_trial,
+    parent_preload_trial,
+    prefetch_trial,
+    write_shards,
+)
 from ._config import BenchConfig, format_size, visible_gpus
-from ._heavy import heavy_modules, make_config, module_name
+from ._heavy import fresh_module, heavy_modules, make_config, module_name
 from ._results import BenchResult, StartupCell, TeardownCell
 from ._strategies import STRATEGIES, ChildPlan
 from ._teardown import TEARDOWN_POLICIES
@@ -117,6 +128,43 @@ def skip_reason(config: BenchConfig, strategy: str, n: int) -> str | None:
     return None
 
 
+def focus(config: BenchConfig, ns: tuple[int, ...]) -> int:
+    """The N the ratios and accelerator trials use."""
+    return config.focus_n if config.focus_n in ns else max(ns)
+
+
+Accelerator = Callable[[BenchConfig, list[ChildPlan], Path], float]
+
+
+def accelerator_trials(config: BenchConfig) -> dict[str, Accelerator]:
+    """The accelerator comparisons this run makes, by name ("trial: variant")."""
+    if not config.accelerators:
+        return {}
+    trials: dict[str, Accelerator] = {}
+    for variant in FORKSERVER_VARIANTS:
+        trials[f"forkserver: {variant}"] = partial(_forkserver, variant=variant)
+    if config.model == "synthetic":
+        for variant in PRELOAD_VARIANTS:
+            trials[f"parent preload: {variant}"] = partial(_parent, variant=variant)
+        for variant in PREFETCH_VARIANTS:
+            trials[f"prefetch: {variant}"] = partial(_prefetch, variant=variant)
+    return trials
+
+
+def _forkserver(config: BenchConfig, plans: list[ChildPlan], scratch: Path, variant: str) -> float:
+    return forkserver_trial(plans, preload_for(config), variant, config.ready_timeout)
+
+
+def _parent(config: BenchConfig, plans: list[ChildPlan], scratch: Path, variant: str) -> float:
+    module = fresh_module(scratch, import_s=config.import_s, work=config.work)
+    return parent_preload_trial(plans, module, variant, config.ready_timeout)
+
+
+def _prefetch(config: BenchConfig, plans: list[ChildPlan], scratch: Path, variant: str) -> float:
+    shards = write_shards(scratch / "weights", len(plans), config.shard_mib << 20)
+    return prefetch_trial(plans, shards, variant, config.ready_timeout)
+
+
 def checked_ns(config: BenchConfig) -> tuple[int, ...]:
     """The N values to run; the GPU model needs one GPU per rank."""
     if config.model != "gpu":
@@ -147,6 +195,8 @@ def run_bench(
     result.machine = machine()
     total = config.repeats * len(ns) * len(series) * len(strategies)
     total += config.teardown_repeats * len(teardown)
+    accel = accelerator_trials(config)
+    total += config.repeats * len(accel)
     progress.begin(total)
     began = time.monotonic()
     cells = {(s, n, p): StartupCell(s, n, p) for n in ns for p in series for s in strategies}
@@ -218,5 +268,27 @@ def run_bench(
                 tcell.noticed_s.append(trun.noticed_s)
                 tcell.left.append(trun.left)
                 progress.done(label, f"all reaped {trun.reaped_s:.2f}s after the failure")
+        if accel:
+            n = focus(config, ns)
+            acells = {name: StartupCell(name, n, None) for name in accel}
+            result.accelerators = list(acells.values())
+            for _ in range(config.repeats):
+                for name in accel:
+                    label = f"{name} N={n}"
+                    progress.step(label)
+                    try:
+                        small = min(config.payloads or (0,))
+                        payload = small if config.model == "synthetic" else None
+                        took = accel[name](
+                            config,
+                            plans_for(config, n, payload, scratch),
+                            scratch,
+                        )
+                    except Exception as exc:
+                        acells[name].errors.append(_first_line(exc))
+                        progress.done(label, "failed: " + _first_line(exc))
+                        continue
+                    acells[name].ready_s.append(took)
+                    progress.done(label, f"{took:.2f}s")
     result.wall_s = time.monotonic() - began
     return result
