@@ -207,14 +207,24 @@ async def test_prefetch_skips_what_is_not_local(tmp_path: Path) -> None:
     assert stats.skipped == "no weight, config or tokenizer files"
 
 
+async def every_reader_stopped(reads: BlockingReads) -> bool:
+    """Wait (up to 2 s) until every reading thread that started has seen the stop."""
+    deadline = time.monotonic() + 2
+    while len(reads.stopped) < len(reads.calls) and time.monotonic() < deadline:
+        await anyio.sleep(0.02)
+    return 1 <= len(reads.stopped) == len(reads.calls) <= 4  # max_parallel at most
+
+
 class BlockingReads:
     """Stands in for the file reader: blocks until told to stop, counting who stopped."""
 
     def __init__(self) -> None:
         self.started = threading.Event()
+        self.calls: list[Path] = []  # list.append is atomic across threads
         self.stopped: list[float] = []
 
     def __call__(self, path: Path, stop: threading.Event) -> int:
+        self.calls.append(path)
         self.started.set()
         while not stop.wait(0.01):
             pass
@@ -235,12 +245,8 @@ async def test_prefetch_is_cancelled_with_its_pipeline(
     with pytest.raises(launch.LaunchFailed):
         async with launch.open_pipeline(spec):
             pass
-    failed = time.monotonic()
     assert reads.started.is_set()
-    deadline = failed + 2
-    while len(reads.stopped) < 4 and time.monotonic() < deadline:  # max_parallel readers
-        await anyio.sleep(0.02)
-    assert len(reads.stopped) == 4  # every reading thread saw the stop
+    assert await every_reader_stopped(reads)
 
 
 async def test_prefetch_is_cancelled_with_its_task_group(
@@ -253,7 +259,4 @@ async def test_prefetch_is_cancelled_with_its_task_group(
         tg.start_soon(launch.prefetch_weights, root)
         await anyio.to_thread.run_sync(reads.started.wait, 5)
         tg.cancel_scope.cancel()
-    deadline = time.monotonic() + 2
-    while len(reads.stopped) < 4 and time.monotonic() < deadline:
-        await anyio.sleep(0.02)
-    assert len(reads.stopped) == 4
+    assert await every_reader_stopped(reads)

@@ -19,25 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ._child import LAUNCH_TARGET
-from ._strategies import ChildPlan
+from ._strategies import ChildPlan, launch_specs
 
 Trial = Callable[[], float]
-
-
-def _specs(plans: Sequence[ChildPlan], method: str, timeout: float) -> list[object]:
-    from .._spec import ProcessSpec
-
-    return [
-        ProcessSpec(
-            LAUNCH_TARGET,
-            name=plan.name,
-            kwargs={"model": plan.model, "params": plan.params},
-            start_method=method,  # type: ignore[arg-type]
-            ready_timeout=timeout,
-        )
-        for plan in plans
-    ]
 
 
 def forkserver_trial(
@@ -50,7 +34,7 @@ def forkserver_trial(
     from .._group import open_group
 
     method = "spawn" if variant == "spawn" else "forkserver"
-    specs = _specs(plans, method, timeout)
+    specs = launch_specs(plans, method, timeout)
     if variant == "cold":
         FORKSERVER.stop()
     elif variant == "warm":
@@ -61,7 +45,7 @@ def forkserver_trial(
         t0 = time.monotonic()
         if variant == "cold":
             prewarm(preload)
-        async with open_group(specs, name="bench"):  # type: ignore[arg-type]
+        async with open_group(specs, name="bench"):
             return time.monotonic() - t0
 
     result: float = anyio.run(main, backend="trio")
@@ -77,17 +61,17 @@ def parent_preload_trial(
     from .._group import open_group
     from .._preload import preload_modules
 
-    specs = _specs(plans, "spawn", timeout)
+    specs = launch_specs(plans, "spawn", timeout)
 
     async def main() -> float:
         t0 = time.monotonic()
         if variant == "import first":
             importlib.import_module(module)
-            async with open_group(specs, name="bench"):  # type: ignore[arg-type]
+            async with open_group(specs, name="bench"):
                 return time.monotonic() - t0
         async with (
             preload_modules([module]) as preload,
-            open_group(specs, name="bench"),  # type: ignore[arg-type]
+            open_group(specs, name="bench"),
         ):
             await preload.wait()
             return time.monotonic() - t0
@@ -138,7 +122,7 @@ def prefetch_trial(
         replace(plan, params={**plan.params, "read_file": str(shards[i % len(shards)])})
         for i, plan in enumerate(plans)
     ]
-    specs = _specs(with_shards, "spawn", timeout)
+    specs = launch_specs(with_shards, "spawn", timeout)
     if variant == "warm":
         for shard in shards:
             shard.read_bytes()
@@ -150,7 +134,7 @@ def prefetch_trial(
         async with anyio.create_task_group() as tg:
             if variant == "prefetch":
                 tg.start_soon(prefetch_weights, shards[0].parent)
-            async with open_group(specs, name="bench"):  # type: ignore[arg-type]
+            async with open_group(specs, name="bench"):
                 took = time.monotonic() - t0
             tg.cancel_scope.cancel()
         return took

@@ -64,23 +64,33 @@ def startup(model: str, params: dict[str, Any], on_phase: Callable[[str], None])
     )
 
 
+def _leave(model: str) -> None:
+    if model != "synthetic":
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def launch_entry(model: str, params: dict[str, Any]) -> None:
     """Target of the launch strategies."""
     from _launch_child._api import phase, ready, wait_for_stop
 
     ready(startup(model, params, phase))
     wait_for_stop()
+    _leave(model)
 
 
 def mp_entry(conn: Any, model: str, params: dict[str, Any]) -> None:
     """Target of the multiprocessing baselines: READY over a Pipe, then wait for stop."""
     try:
         info = startup(model, params, _no_phase)
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-        raise
+    except Exception:
+        conn.send(("error", traceback.format_exc()))  # the parent reports it
+        raise SystemExit(1) from None
     conn.send(("ready", info))
     try:
         conn.recv()  # the stop message, or EOF when the parent closes its end
     except EOFError:
         pass
+    _leave(model)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ._accelerators import (
     FORKSERVER_VARIANTS,
@@ -133,7 +133,7 @@ def focus(config: BenchConfig, ns: tuple[int, ...]) -> int:
     return config.focus_n if config.focus_n in ns else max(ns)
 
 
-Accelerator = Callable[[BenchConfig, list[ChildPlan], Path], float]
+Accelerator = Callable[[list[ChildPlan], BenchConfig, Path], float]
 
 
 def accelerator_trials(config: BenchConfig) -> dict[str, Accelerator]:
@@ -151,16 +151,16 @@ def accelerator_trials(config: BenchConfig) -> dict[str, Accelerator]:
     return trials
 
 
-def _forkserver(config: BenchConfig, plans: list[ChildPlan], scratch: Path, variant: str) -> float:
+def _forkserver(plans: list[ChildPlan], config: BenchConfig, scratch: Path, variant: str) -> float:
     return forkserver_trial(plans, preload_for(config), variant, config.ready_timeout)
 
 
-def _parent(config: BenchConfig, plans: list[ChildPlan], scratch: Path, variant: str) -> float:
+def _parent(plans: list[ChildPlan], config: BenchConfig, scratch: Path, variant: str) -> float:
     module = fresh_module(scratch, import_s=config.import_s, work=config.work)
     return parent_preload_trial(plans, module, variant, config.ready_timeout)
 
 
-def _prefetch(config: BenchConfig, plans: list[ChildPlan], scratch: Path, variant: str) -> float:
+def _prefetch(plans: list[ChildPlan], config: BenchConfig, scratch: Path, variant: str) -> float:
     shards = write_shards(scratch / "weights", len(plans), config.shard_mib << 20)
     return prefetch_trial(plans, shards, variant, config.ready_timeout)
 
@@ -176,6 +176,28 @@ def checked_ns(config: BenchConfig) -> tuple[int, ...]:
     if not ns:
         raise ValueError(f"bench: model 'gpu' has {gpus} GPU(s); every N asked for is larger")
     return ns
+
+
+T = TypeVar("T")
+
+
+def _attempt(
+    progress: Progress,
+    label: str,
+    errors: list[str],
+    measure: Callable[..., T],
+    plans: Callable[[], list[ChildPlan]],
+    *args: Any,
+) -> T | None:
+    """One trial: ``measure(plans(), *args)``; a failure is recorded in ``errors`` and
+    shown, and the run goes on."""
+    progress.step(label)
+    try:
+        return measure(plans(), *args)
+    except Exception as exc:
+        errors.append(_first_line(exc))
+        progress.done(label, "failed: " + _first_line(exc))
+        return None
 
 
 def run_bench(
@@ -220,75 +242,52 @@ def run_bench(
             for n in ns:
                 for payload in series:
                     for strategy in strategies:
-                        label = _label(strategy, n, payload)
-                        progress.step(label)
                         cell = cells[strategy, n, payload]
+                        label = _label(strategy, n, payload)
                         reason = skip_reason(config, strategy, n)
                         if reason is not None:
                             if not cell.errors:
                                 cell.errors.append(reason)
                             progress.done(label, reason)
                             continue
-                        try:
-                            plans = plans_for(config, n, payload, scratch)
-                            run = STRATEGIES[strategy](plans, config.ready_timeout)
-                        except Exception as exc:
-                            cell.errors.append(_first_line(exc))
-                            progress.done(label, "failed: " + _first_line(exc))
-                            continue
-                        cell.ready_s.append(run.ready_s)
-                        cell.started_s.append(run.started_s)
-                        cell.parent_cpu_s.append(run.parent_cpu_s)
-                        cell.peak_rss_mib.extend(run.peak_rss_mib)
-                        progress.done(label, f"all READY in {run.ready_s:.2f}s")
+                        plans = partial(plans_for, config, n, payload, scratch)
+                        measure = STRATEGIES[strategy]
+                        run = _attempt(
+                            progress, label, cell.errors, measure, plans, config.ready_timeout
+                        )
+                        if run is not None:
+                            cell.ready_s.append(run.ready_s)
+                            cell.started_s.append(run.started_s)
+                            cell.parent_cpu_s.append(run.parent_cpu_s)
+                            cell.peak_rss_mib.extend(run.peak_rss_mib)
+                            progress.done(label, f"all READY in {run.ready_s:.2f}s")
+        synthetic = BenchConfig(import_s=config.import_s, init_s=config.init_s, work=config.work)
+        small = min(config.payloads or (0,))
         for _ in range(config.teardown_repeats):
             for policy in teardown:
-                label = f"teardown {policy} N={config.teardown_n}"
-                progress.step(label)
                 tcell = tcells[policy]
-                try:
-                    small = min(config.payloads) if config.payloads else 0
-                    plans = plans_for(
-                        BenchConfig(
-                            model="synthetic",
-                            import_s=config.import_s,
-                            init_s=config.init_s,
-                            work=config.work,
-                        ),
-                        config.teardown_n,
-                        small,
-                        scratch,
-                    )
-                    trun = TEARDOWN_POLICIES[policy](plans, config.ready_timeout)
-                except Exception as exc:
-                    tcell.errors.append(_first_line(exc))
-                    progress.done(label, "failed: " + _first_line(exc))
-                    continue
-                tcell.reaped_s.append(trun.reaped_s)
-                tcell.noticed_s.append(trun.noticed_s)
-                tcell.left.append(trun.left)
-                progress.done(label, f"all reaped {trun.reaped_s:.2f}s after the failure")
+                label = f"teardown {policy} N={config.teardown_n}"
+                plans = partial(plans_for, synthetic, config.teardown_n, small, scratch)
+                stop = TEARDOWN_POLICIES[policy]
+                trun = _attempt(progress, label, tcell.errors, stop, plans, config.ready_timeout)
+                if trun is not None:
+                    tcell.reaped_s.append(trun.reaped_s)
+                    tcell.noticed_s.append(trun.noticed_s)
+                    tcell.left.append(trun.left)
+                    progress.done(label, f"all reaped {trun.reaped_s:.2f}s after the failure")
         if accel:
             n = focus(config, ns)
             acells = {name: StartupCell(name, n, None) for name in accel}
             result.accelerators = list(acells.values())
+            payload = small if config.model == "synthetic" else None
             for _ in range(config.repeats):
-                for name in accel:
+                for name, trial in accel.items():
                     label = f"{name} N={n}"
-                    progress.step(label)
-                    try:
-                        small = min(config.payloads or (0,))
-                        payload = small if config.model == "synthetic" else None
-                        took = accel[name](
-                            config,
-                            plans_for(config, n, payload, scratch),
-                            scratch,
-                        )
-                    except Exception as exc:
-                        acells[name].errors.append(_first_line(exc))
-                        progress.done(label, "failed: " + _first_line(exc))
-                        continue
-                    acells[name].ready_s.append(took)
-                    progress.done(label, f"{took:.2f}s")
+                    plans = partial(plans_for, config, n, payload, scratch)
+                    errors = acells[name].errors
+                    run_s = _attempt(progress, label, errors, trial, plans, config, scratch)
+                    if run_s is not None:
+                        acells[name].ready_s.append(run_s)
+                        progress.done(label, f"{run_s:.2f}s")
     result.wall_s = time.monotonic() - began
     return result

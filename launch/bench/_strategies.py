@@ -213,15 +213,11 @@ def gather(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
     return _run_mp(plans, timeout, body)
 
 
-def _launch(
-    plans: Sequence[ChildPlan], timeout: float, backend: str, start_method: str
-) -> StartupRun:
-    import anyio
-
-    from .._group import open_group
+def launch_specs(plans: Sequence[ChildPlan], start_method: str, timeout: float) -> list[Any]:
+    """The plans as the ``ProcessSpec`` list of a launch strategy."""
     from .._spec import ProcessSpec
 
-    specs = [
+    return [
         ProcessSpec(
             LAUNCH_TARGET,
             name=plan.name,
@@ -231,6 +227,16 @@ def _launch(
         )
         for plan in plans
     ]
+
+
+def _launch(
+    plans: Sequence[ChildPlan], timeout: float, backend: str, start_method: str
+) -> StartupRun:
+    import anyio
+
+    from .._group import open_group
+
+    specs = launch_specs(plans, start_method, timeout)
 
     async def main() -> StartupRun:
         cpu0, t0 = cpu_seconds(), time.monotonic()

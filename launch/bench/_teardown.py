@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ._child import LAUNCH_TARGET
-from ._strategies import BenchChildFailed, ChildPlan, MpChild, wait_all_ready
+from ._strategies import BenchChildFailed, ChildPlan, MpChild, launch_specs, wait_all_ready
 
 VLLM_WAIT_S = 5.0
 VLLM_TERM_S = 4.0
@@ -109,18 +108,9 @@ def _launch_policy(plans: Sequence[ChildPlan], timeout: float, backend: str) -> 
 
     from .._errors import LaunchFailed
     from .._group import open_group
-    from .._spec import ProcessSpec
 
     with tempfile.TemporaryDirectory(prefix="launch-bench-td-") as tmp:
-        specs = [
-            ProcessSpec(
-                LAUNCH_TARGET,
-                name=plan.name,
-                kwargs={"model": plan.model, "params": plan.params},
-                ready_timeout=timeout,
-            )
-            for plan in teardown_plans(plans, Path(tmp))
-        ]
+        specs = launch_specs(teardown_plans(plans, Path(tmp)), "spawn", timeout)
 
         async def main() -> float:
             try:
