@@ -1,4 +1,4 @@
-"""Sessions: ``nox`` runs what CI needs (demo, tests, lint, typecheck).
+"""Sessions: ``nox`` runs what CI needs (demo, tests, server, lint, typecheck).
 
 torch is pinned to 2.13.0 wherever it is installed: on the development machine that
 version is a local CPU build, while an unpinned ``torch`` pulls the CUDA build (GBs).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["demo", "tests", "lint", "typecheck"]
+nox.options.sessions = ["demo", "tests", "server", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = ["3.11"]
@@ -27,6 +27,13 @@ def tests(session: nox.Session) -> None:
     """The test suite under both backends (trio via pytest-trio, asyncio via anyio)."""
     session.install("-e", ".[dev,torch]", TORCH)
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def server(session: nox.Session) -> None:
+    """launch inside real servers: hypercorn (trio worker) and uvicorn, as subprocesses."""
+    session.install("-e", ".[dev,server]")
+    session.run("pytest", "tests/test_server.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

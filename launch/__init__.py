@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 logging.getLogger("launch").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
+    from ._blocking import GroupHandle, PipelineHandle, start_group, start_pipeline
     from ._child import Child, ChildState, ChildTimes
     from ._config import ConfigError, load_pipeline
     from ._forkserver import ForkserverError, prewarm
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
     from ._timeline import Slice, Timeline, Track
 
 _LAZY = {
+    "GroupHandle": "._blocking",
+    "PipelineHandle": "._blocking",
+    "start_group": "._blocking",
+    "start_pipeline": "._blocking",
     "ConfigError": "._config",
     "load_pipeline": "._config",
     "Child": "._child",
@@ -90,8 +95,10 @@ __all__ = [
     "ChildTimes",
     "ForkserverError",
     "Group",
+    "GroupHandle",
     "LaunchFailed",
     "Pipeline",
+    "PipelineHandle",
     "PipelineSpec",
     "Preload",
     "PrefetchStats",
@@ -113,6 +120,8 @@ __all__ = [
     "preload_modules",
     "prewarm",
     "ready",
+    "start_group",
+    "start_pipeline",
     "stop_requested",
     "wait_for_stop",
 ]

@@ -7,14 +7,14 @@ tests through anyio's pytest plugin.
 from __future__ import annotations
 
 import inspect
-import os
-import time
 from collections.abc import Iterator
 
-import psutil
 import pytest
 
 import launch._forkserver
+from launch.testing import LeakedProcesses, ProcessWatch
+
+pytest_plugins = ["pytester"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,55 +47,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = keep
 
 
-def _ours(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def leftover_processes(before: set[int], started: float) -> list[psutil.Process]:
-    """Descendants not there before, plus orphans of ours created since ``started``."""
-    me = psutil.Process()
-    # launch's forkserver, and multiprocessing's resource tracker (started by the bench's
-    # multiprocessing baselines): singletons owned by their modules, stopped at exit
-    from multiprocessing import resource_tracker
-
-    tracker = getattr(resource_tracker._resource_tracker, "_pid", None) or -1
-    allowed = before | {launch._forkserver.FORKSERVER.pid or -1, tracker}
-    found = {p.pid: p for p in me.children(recursive=True) if p.pid not in allowed and _ours(p)}
-    uid = os.getuid()
-    for proc in psutil.process_iter(["ppid", "create_time", "uids", "name"]):
-        info = proc.info
-        if (
-            info["ppid"] == 1
-            and info["create_time"] is not None
-            and info["create_time"] >= started - 1
-            and info["uids"] is not None
-            and info["uids"].real == uid
-            and "python" in (info["name"] or "")
-            and _ours(proc)
-        ):
-            found.setdefault(proc.pid, proc)
-    return list(found.values())
-
-
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
-    """Fail the test if any process it started is still alive afterwards."""
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
-    started = time.time()
+    """Fail the test if any process it started is still alive afterwards (the check that
+    launch.testing offers to users, applied here to every test)."""
+    watch = ProcessWatch()
     yield
-    leaked = leftover_processes(before, started)
-    if leaked:
-        described = [f"{p.pid} {' '.join(p.cmdline()[:3])}" for p in leaked if _ours(p)]
-        for proc in leaked:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        if described:
-            pytest.fail(f"test left processes running: {described}")
+    try:
+        watch.check()
+    except LeakedProcesses as exc:
+        pytest.fail(str(exc))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

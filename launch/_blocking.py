@@ -1,0 +1,205 @@
+"""The blocking facade: ``start_group`` and ``start_pipeline`` for synchronous callers.
+
+Each runs the async API in an event loop of its own, in a thread that an anyio blocking
+portal owns (and joins on exit), so it works from a plain script, from several threads
+at once, and from a thread whose asyncio loop is already running.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
+from typing import Any, Generic, Literal, TypeVar
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from ._child import Child
+from ._errors import LaunchFailed
+from ._group import Group, open_group
+from ._pipeline import Pipeline, open_pipeline
+from ._pipeline_spec import PipelineSpec
+from ._spec import ProcessSpec, ShutdownPolicy
+
+Backend = Literal["trio", "asyncio"]
+OnFailure = Callable[[LaunchFailed], object]
+R = TypeVar("R", Group, Pipeline)
+
+
+class _Running(Generic[R]):
+    """What both handles share: the running tree in the portal's loop, stop and wait."""
+
+    def __init__(self, running: R, portal: BlockingPortal, stop: anyio.Event) -> None:
+        self._running: R = running
+        self._portal = portal
+        self._stop = stop
+        self._future: concurrent.futures.Future[None] | None = None
+        self._reported = False  # the failure has reached the caller once already
+
+    @property
+    def running(self) -> bool:
+        """True until the tree has stopped (asked to, or because a child died)."""
+        return self._future is not None and not self._future.done()
+
+    def stop(self) -> None:
+        """Stop every child and reap it; raises :class:`LaunchFailed` if a child had
+        died (once: not again after ``wait()`` raised it). Safe to call more than once,
+        and from any thread."""
+        if self._future is None:
+            return
+        if not self._future.done():
+            try:
+                self._portal.call(self._stop.set)
+            except RuntimeError:
+                pass  # the portal's loop is already gone: the task has ended
+        self._result(None)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the tree stops: raises :class:`LaunchFailed` if a child died,
+        returns True if it was stopped, False if ``timeout`` passed first."""
+        try:
+            self._result(timeout)
+        except concurrent.futures.TimeoutError:
+            return False
+        return True
+
+    def _result(self, timeout: float | None) -> None:
+        assert self._future is not None
+        try:
+            self._future.result(timeout)
+        except LaunchFailed:
+            if not self._reported:
+                self._reported = True
+                raise
+
+
+class GroupHandle(_Running[Group]):
+    """A running group, for synchronous code: ``handle["name"]`` is a :class:`Child`."""
+
+    @property
+    def group(self) -> Group:
+        """The underlying :class:`Group` (read its attributes; do not await on it)."""
+        return self._running
+
+    @property
+    def name(self) -> str:
+        return self._running.name
+
+    @property
+    def children(self) -> tuple[Child, ...]:
+        return self._running.children
+
+    def __getitem__(self, name: str) -> Child:
+        return self._running[name]
+
+    def __iter__(self) -> Iterator[Child]:
+        return iter(self._running)
+
+
+class PipelineHandle(_Running[Pipeline]):
+    """A running pipeline, for synchronous code: ``handle["stage"]`` is that stage's
+    :class:`Group`."""
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The underlying :class:`Pipeline` (read its attributes; do not await on it)."""
+        return self._running
+
+    @property
+    def name(self) -> str:
+        return self._running.name
+
+    @property
+    def children(self) -> tuple[Child, ...]:
+        return self._running.children
+
+    def __getitem__(self, stage: str) -> Group:
+        return self._running[stage]
+
+
+async def _serve(
+    open_tree: Callable[[], AbstractAsyncContextManager[Any]],
+    stop: anyio.Event,
+    on_failure: OnFailure | None,
+    *,
+    task_status: TaskStatus[Any],
+) -> None:
+    started = False
+    try:
+        async with open_tree() as running:
+            started = True
+            task_status.started(running)
+            await stop.wait()
+    except LaunchFailed as exc:
+        if started and on_failure is not None:
+            on_failure(exc)
+        raise
+
+
+@contextmanager
+def _start(
+    open_tree: Callable[[], AbstractAsyncContextManager[Any]],
+    handle_type: type[_Running[Any]],
+    backend: Backend,
+    on_failure: OnFailure | None,
+) -> Iterator[Any]:
+    if backend not in ("trio", "asyncio"):
+        raise ValueError(f"backend must be 'trio' or 'asyncio', got {backend!r}")
+    with start_blocking_portal(backend) as portal:
+        stop = portal.call(anyio.Event)
+        future, running = portal.start_task(_serve, open_tree, stop, on_failure)
+        handle = handle_type(running, portal, stop)
+        handle._future = future
+        try:
+            yield handle
+        except BaseException as exc:
+            try:
+                handle.stop()
+            except LaunchFailed as failure:
+                exc.add_note(f"meanwhile the launch tree failed too: {failure.first.summary()}")
+            raise
+        handle.stop()
+
+
+def start_group(
+    specs: Iterable[ProcessSpec],
+    *,
+    name: str = "group",
+    shutdown: ShutdownPolicy | None = None,
+    backend: Backend = "trio",
+    on_child_died: OnFailure | None = None,
+) -> AbstractContextManager[GroupHandle]:
+    """Blocking ``open_group``: start ``specs``, return once every child is READY.
+
+    ``with launch.start_group(specs) as group: group["w0"].payload``. Leaving the block
+    stops and reaps every child. Raises what ``open_group`` raises: ``ValueError`` for
+    bad specs, :class:`LaunchFailed` when startup fails. A child dying after READY ends
+    the group (its siblings are torn down at once); ``group.wait()`` and leaving the
+    block then raise :class:`LaunchFailed`, and ``on_child_died(exc)`` is called first,
+    in the event loop's thread (keep it short). ``backend``: ``"trio"`` or ``"asyncio"``.
+    """
+    specs = list(specs)
+    return _start(
+        lambda: open_group(specs, name=name, shutdown=shutdown),
+        GroupHandle,
+        backend,
+        on_child_died,
+    )
+
+
+def start_pipeline(
+    spec: PipelineSpec,
+    *,
+    backend: Backend = "trio",
+    on_child_died: OnFailure | None = None,
+) -> AbstractContextManager[PipelineHandle]:
+    """Blocking ``open_pipeline``: start every stage, return once all are READY.
+
+    ``with launch.start_pipeline(spec) as running: running["talker"]``. The same
+    exceptions, stop, ``wait()`` and ``on_child_died`` as :func:`start_group`.
+    """
+    if not isinstance(spec, PipelineSpec):
+        raise TypeError(f"start_pipeline expects a PipelineSpec, got {type(spec).__name__}")
+    return _start(lambda: open_pipeline(spec), PipelineHandle, backend, on_child_died)

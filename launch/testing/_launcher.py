@@ -1,0 +1,90 @@
+"""``Launcher``: open groups and pipelines from a test without nesting ``async with``
+blocks; everything it opened is torn down when it closes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import TracebackType
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from .._errors import LaunchFailed
+from .._group import Group, open_group
+from .._pipeline import Pipeline, open_pipeline
+from .._pipeline_spec import PipelineSpec
+from .._spec import ProcessSpec, ShutdownPolicy
+
+
+class Launcher:
+    """``async with Launcher() as launcher: group = await launcher.group(specs)``.
+
+    Each tree runs in a task of the launcher's own task group, under the caller's event
+    loop. :meth:`group` and :meth:`pipeline` return once every child is READY and raise
+    :class:`LaunchFailed` if startup fails. A child dying later is recorded in
+    ``failures`` and re-raised when the launcher closes (the test fails on it) unless
+    the test took it with :meth:`take_failures`. Closing stops and reaps everything.
+    """
+
+    def __init__(self) -> None:
+        self.failures: list[LaunchFailed] = []
+        self._tg: TaskGroup | None = None
+        self._stop = anyio.Event()
+
+    async def __aenter__(self) -> Launcher:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        self._stop.set()
+        await self._tg.__aexit__(exc_type, exc, tb)
+        if exc is None and self.failures:
+            failures, self.failures = self.failures, []
+            raise failures[0]
+        return None
+
+    def take_failures(self) -> list[LaunchFailed]:
+        """The failures recorded so far (a child died after READY); clears them."""
+        failures, self.failures = self.failures, []
+        return failures
+
+    async def _serve(self, tree: object, *, task_status: TaskStatus[object]) -> None:
+        started = False
+        try:
+            async with tree as running:  # type: ignore[attr-defined]
+                started = True
+                task_status.started(running)
+                await self._stop.wait()
+        except LaunchFailed as exc:
+            if not started:
+                raise
+            self.failures.append(exc)
+
+    async def group(
+        self,
+        specs: Iterable[ProcessSpec],
+        *,
+        name: str = "group",
+        shutdown: ShutdownPolicy | None = None,
+    ) -> Group:
+        """Start a group; returns it once every child is READY."""
+        if self._tg is None:
+            raise RuntimeError("use the Launcher as `async with Launcher() as launcher`")
+        group: Group = await self._tg.start(
+            self._serve, open_group(specs, name=name, shutdown=shutdown)
+        )
+        return group
+
+    async def pipeline(self, spec: PipelineSpec) -> Pipeline:
+        """Start a pipeline; returns it once every stage is READY."""
+        if self._tg is None:
+            raise RuntimeError("use the Launcher as `async with Launcher() as launcher`")
+        pipeline: Pipeline = await self._tg.start(self._serve, open_pipeline(spec))
+        return pipeline
