@@ -39,6 +39,16 @@ class _Running(Generic[R]):
         self._reported = False  # the failure has reached the caller once already
 
     @property
+    def name(self) -> str:
+        """The group's or pipeline's name."""
+        return self._running.name
+
+    @property
+    def children(self) -> tuple[Child, ...]:
+        """Every child, in spec (and stage) order."""
+        return self._running.children
+
+    @property
     def running(self) -> bool:
         """True until the tree has stopped (asked to, or because a child died)."""
         return self._future is not None and not self._future.done()
@@ -83,14 +93,6 @@ class GroupHandle(_Running[Group]):
         """The underlying :class:`Group` (read its attributes; do not await on it)."""
         return self._running
 
-    @property
-    def name(self) -> str:
-        return self._running.name
-
-    @property
-    def children(self) -> tuple[Child, ...]:
-        return self._running.children
-
     def __getitem__(self, name: str) -> Child:
         return self._running[name]
 
@@ -106,14 +108,6 @@ class PipelineHandle(_Running[Pipeline]):
     def pipeline(self) -> Pipeline:
         """The underlying :class:`Pipeline` (read its attributes; do not await on it)."""
         return self._running
-
-    @property
-    def name(self) -> str:
-        return self._running.name
-
-    @property
-    def children(self) -> tuple[Child, ...]:
-        return self._running.children
 
     def __getitem__(self, stage: str) -> Group:
         return self._running[stage]

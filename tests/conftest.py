@@ -7,12 +7,10 @@ tests through anyio's pytest plugin.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
 
 import pytest
 
 import launch._forkserver
-from launch.testing import LeakedProcesses, ProcessWatch
 
 pytest_plugins = ["pytester"]
 
@@ -48,15 +46,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_processes() -> Iterator[None]:
-    """Fail the test if any process it started is still alive afterwards (the check that
-    launch.testing offers to users, applied here to every test)."""
-    watch = ProcessWatch()
-    yield
-    try:
-        watch.check()
-    except LeakedProcesses as exc:
-        pytest.fail(str(exc))
+def leak_check(no_leaked_processes: None) -> None:
+    """Every test runs under launch.testing's no-leaked-process check (the plugin's
+    ``no_leaked_processes`` fixture): it fails if a process it started outlives it."""
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
