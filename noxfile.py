@@ -37,6 +37,16 @@ def server(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def vllm(session: nox.Session) -> None:
+    """launch's vLLM adapters against the real vllm==0.32.0 (CPU build; DEVELOPERS.md)."""
+    session.install("-e", ".[dev]", "vllm==0.32.0", TORCH)
+    # the wheel's torchvision/torchaudio/torchcodec binaries do not match the CPU torch
+    session.run("pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
+    env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    session.run("pytest", "tests/vllm", *session.posargs, env=env)
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """`launch bench`: startup and teardown against today's strategies (not run by CI).
 

@@ -148,6 +148,7 @@ class Child:
             self._settled.set()
         elif kind == "error":
             self._error = message[1]
+            self._settled.set()  # failed before READY: the parent need not wait for the exit
 
     # --- what teardown needs (see launch._teardown.Stoppable) ---
 

@@ -41,6 +41,7 @@ from ._timeline import Timeline, group_timeline
 logger = logging.getLogger("launch")
 
 _DRAIN_S = 0.5  # after a child exits, how long its last messages may take to arrive
+_CRASH_EXIT_GRACE_S = 0.5  # after a child reports its exception, how long its exit may take
 
 
 class Group:
@@ -214,7 +215,11 @@ class Group:
         elif scope.cancelled_caught:
             self._fail(self._failure(ReadyTimeout, child, detail=f"ready_timeout={deadline}s"))
         else:
-            await child._exited.wait()
+            # It exited, or reported its exception and is exiting: a process that takes
+            # long over its interpreter shutdown (torch, vLLM) is not waited for, and its
+            # siblings' teardown starts now.
+            with anyio.move_on_after(_CRASH_EXIT_GRACE_S):
+                await child._exited.wait()
             self._fail(self._failure(ChildCrashed, child))
 
     async def _startup(self) -> None:

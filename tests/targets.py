@@ -133,3 +133,13 @@ def report_loaded(names: list[str]) -> None:
     """READY with which of ``names`` this child has imported (inherited from a forkserver)."""
     launch.ready({name: name in sys.modules for name in names})
     launch.wait_for_stop()
+
+
+def crash_then_linger(linger: float = 10.0) -> None:
+    """Raises before READY, then takes ``linger`` seconds over its interpreter shutdown
+    (as torch or vLLM can, in their atexit handlers)."""
+    import atexit
+
+    atexit.register(time.sleep, linger)
+    launch.phase("load_model")
+    raise RuntimeError("weights file is corrupt")

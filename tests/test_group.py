@@ -242,3 +242,20 @@ async def test_mixed_start_methods_in_one_group() -> None:
     specs = [spec("serve", m, m) for m in ("spawn", "forkserver", "fork")]
     async with launch.open_group(specs) as group:
         assert all(c.ready for c in group.children)
+
+
+async def test_a_crash_is_acted_on_before_the_child_has_finished_exiting() -> None:
+    """The child's exception report starts the teardown; a slow interpreter shutdown
+    (10 s of atexit here) delays neither the error nor the siblings' teardown."""
+    specs = [
+        spec("serve", "steady", "spawn"),
+        spec("crash_then_linger", "slow-exit", "spawn", kwargs={"linger": 10.0}),
+    ]
+    began = time.monotonic()
+    with pytest.raises(launch.LaunchFailed) as info:
+        async with launch.open_group(specs, name="g", shutdown=FAST):
+            pytest.fail("startup must fail")
+    assert time.monotonic() - began < 8.0  # not the 10 s the exit would take
+    first = info.value.first
+    assert isinstance(first, launch.ChildCrashed) and first.name == "slow-exit"
+    assert "weights file is corrupt" in (first.remote_traceback or "")

@@ -1,0 +1,103 @@
+"""launch.integrations.vllm.LaunchExecutor against the real vllm package (CPU build):
+vLLM's own worker processes, message queues and RPC path, with a stand-in worker_cls
+(the CPU wheel has no kernels to run a model). Run with ``nox -s vllm``."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from procs import alive
+
+vllm = pytest.importorskip("vllm")
+if os.environ.get("VLLM_TARGET_DEVICE") != "cpu":
+    pytest.skip("run through `nox -s vllm` (VLLM_TARGET_DEVICE=cpu)", allow_module_level=True)
+
+import launch  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Llama, saved locally (no hub access)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def engine_config(model: Path, **standin: Any) -> Any:
+    from vllm.engine.arg_utils import EngineArgs
+
+    return EngineArgs(
+        model=str(model),
+        skip_tokenizer_init=True,
+        tensor_parallel_size=2,
+        enforce_eager=True,
+        max_model_len=128,
+        worker_cls="standin_worker.StandInWorker",
+        additional_config={"standin": standin},
+    ).create_engine_config()
+
+
+@pytest.fixture(autouse=True)
+def standin_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(HERE))  # the workers inherit sys.path
+
+
+def test_workers_start_through_launch_and_serve_vllm_rpcs(model_dir: Path) -> None:
+    from launch.integrations.vllm import LaunchExecutor
+
+    executor = LaunchExecutor(engine_config(model_dir, load_s=0.2))
+    try:
+        answers = executor.collective_rpc("ping")
+        assert [a["rank"] for a in answers] == [0, 1]
+        pids = [a["pid"] for a in answers]
+        assert len(set(pids)) == 2 and all(alive(pid) for pid in pids)
+        assert [w.proc.pid for w in executor.workers] == pids
+        assert not executor.is_failed
+    finally:
+        executor.shutdown()
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_a_worker_failing_in_init_gives_its_own_traceback_and_leaves_nothing(
+    model_dir: Path,
+) -> None:
+    from launch.integrations.vllm import LaunchExecutor
+
+    config = engine_config(model_dir, fail_rank=1)
+    with pytest.raises(launch.LaunchFailed) as info:
+        LaunchExecutor(config)
+    first = info.value.first
+    assert isinstance(first, launch.ChildCrashed) and first.name == "VllmWorker-1"
+    assert "weights shard 1 is corrupt" in str(first)
+    assert "load_model" in (first.remote_traceback or "")  # the worker's own frames
+    # nothing left: the no-leaked-process check of every test (conftest) enforces it
+
+
+def test_vllms_own_executor_on_the_same_failure_says_see_above(model_dir: Path) -> None:
+    """The comparison: vLLM's mp executor raises a generic error (the cause is only in
+    the worker's log) and waits out its 5 s grace period before SIGTERM."""
+    from vllm.v1.executor.multiproc_executor import MultiprocExecutor
+
+    config = engine_config(model_dir, fail_rank=1)
+    began = time.monotonic()
+    with pytest.raises(Exception, match="See stack trace for root cause") as info:
+        MultiprocExecutor(config)
+    assert "weights shard" not in str(info.value)
+    assert time.monotonic() - began >= 5.0
