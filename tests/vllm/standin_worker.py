@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from vllm.distributed import ensure_model_parallel_initialized, init_distributed_environment
@@ -45,3 +46,20 @@ class StandInWorker(WorkerBase):  # type: ignore[misc]
 
     def ping(self) -> dict[str, int]:
         return {"rank": self.rank, "pid": os.getpid()}
+
+
+def tiny_llama(path: Path) -> Path:
+    """Save a tiny random-weight Llama at ``path`` (no hub access); returns ``path``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=256,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
