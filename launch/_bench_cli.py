@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-QUICK = {"ns": (1, 4, 8), "repeats": 1, "import_s": 0.2, "init_s": 0.2, "teardown_repeats": 1}
+QUICK: dict[str, Any] = {
+    "ns": (1, 4, 8),
+    "repeats": 1,
+    "import_s": 0.2,
+    "init_s": 0.2,
+    "teardown_repeats": 1,
+}
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -83,7 +89,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
     values: dict[str, Any] = {"model": args.model, "ns": DEFAULT_NS[args.model]}
     if args.quick:
         values.update(QUICK)
-        values["ns"] = tuple(n for n in QUICK["ns"])  # type: ignore[attr-defined]
     given = {
         "ns": args.n,
         "strategies": args.strategies,
