@@ -117,6 +117,12 @@ class Child:
         return self.times.ready is not None
 
     @property
+    def exiting(self) -> bool:
+        """True once the child has reported its exception before READY: it is exiting by
+        itself, and the teardown gives it ``stop_timeout`` to, keeping its exit code."""
+        return self._error is not None and not self.ready
+
+    @property
     def payload(self) -> Any:
         """What the child passed to ``launch.ready(...)``."""
         if not self.ready:

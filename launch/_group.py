@@ -234,6 +234,9 @@ class Group:
         for child in self.children:  # startup is over: no spawn is coming for the rest
             child._spawn_done.set()
         self.unreaped = await teardown(self.children, self.shutdown)
+        for failure in self.failures:  # declared before its child had finished exiting
+            if failure.exitcode is None and failure.name in self._by_name:
+                failure.exitcode = self._by_name[failure.name].exitcode
 
 
 @asynccontextmanager

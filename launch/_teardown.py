@@ -43,6 +43,8 @@ class Stoppable(Protocol):
     @property
     def ready(self) -> bool: ...
     @property
+    def exiting(self) -> bool: ...
+    @property
     def has_exited(self) -> bool: ...
 
     async def wait_exited(self) -> None: ...
@@ -62,7 +64,10 @@ async def stop_child(child: Stoppable, policy: ShutdownPolicy, unreaped: list[Un
     """Take one child through the stop ladder."""
     if child.has_exited:
         return
-    if child.ready and child.request_stop():
+    if child.exiting:  # it reported its own failure and is on its way out: let it finish
+        if await _wait(child, policy.stop_timeout):
+            return
+    elif child.ready and child.request_stop():
         if await _wait(child, policy.stop_timeout):
             return
         logger.info(

@@ -18,6 +18,7 @@ class FakeChild:
         self.name = name
         self.pid: int | None = 999_999
         self.ready = ready
+        self.exiting = False
         self.dies_on = dies_on
         self.stop_ok = stop_ok
         self.events: list[str] = []
@@ -75,3 +76,22 @@ async def test_teardown_is_shielded_from_outer_cancel() -> None:
         scope.cancel()
         await teardown([child], policy)
     assert child.events == ["stop", "SIGTERM", "KILLPG"]
+
+
+async def test_a_child_exiting_on_its_own_gets_stop_timeout_before_sigterm() -> None:
+    """A child that reported its exception before READY keeps its own exit code if it
+    exits within stop_timeout; one that does not is SIGTERMed like any other."""
+    policy = ShutdownPolicy(stop_timeout=0.3, term_timeout=0.3, kill_timeout=0.3)
+    leaving = FakeChild("leaving", ready=False, dies_on=signal.SIGTERM)
+    lingering = FakeChild("lingering", ready=False, dies_on=signal.SIGTERM)
+    leaving.exiting = lingering.exiting = True
+
+    async def exit_soon() -> None:
+        await anyio.sleep(0.05)
+        leaving.exited.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(exit_soon)
+        await teardown([leaving, lingering], policy)
+    assert leaving.events == []
+    assert lingering.events == ["SIGTERM"]
