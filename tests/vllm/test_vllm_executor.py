@@ -94,9 +94,10 @@ def test_vllms_own_executor_on_the_same_failure_says_see_above(model_dir: Path) 
     # straggler a moment to go before this test's leak check looks
     import psutil
 
-    ours = [
-        proc
-        for proc in psutil.Process().children(recursive=True)
-        if "resource_tracker" not in " ".join(proc.cmdline())
-    ]
-    psutil.wait_procs(ours, timeout=10)
+    def worker(proc: psutil.Process) -> bool:
+        try:
+            return "resource_tracker" not in " ".join(proc.cmdline())
+        except psutil.Error:  # a zombie, or already gone
+            return True
+
+    psutil.wait_procs([p for p in psutil.Process().children(recursive=True) if worker(p)], 10)
