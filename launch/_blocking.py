@@ -21,6 +21,7 @@ from ._errors import LaunchFailed
 from ._group import Group, open_group
 from ._pipeline import Pipeline, open_pipeline
 from ._pipeline_spec import PipelineSpec
+from ._serve import serve_until_stopped
 from ._spec import ProcessSpec, ShutdownPolicy
 
 Backend = Literal["trio", "asyncio"]
@@ -120,16 +121,11 @@ async def _serve(
     *,
     task_status: TaskStatus[Any],
 ) -> None:
-    started = False
-    try:
-        async with open_tree() as running:
-            started = True
-            task_status.started(running)
-            await stop.wait()
-    except LaunchFailed as exc:
-        if started and on_failure is not None:
-            on_failure(exc)
-        raise
+    failure = await serve_until_stopped(open_tree(), stop, task_status=task_status)
+    if failure is not None:
+        if on_failure is not None:
+            on_failure(failure)
+        raise failure
 
 
 @contextmanager

@@ -37,6 +37,7 @@ from anyio.abc import TaskStatus
 from .._errors import LaunchFailed
 from .._pipeline import Pipeline, open_pipeline
 from .._pipeline_spec import PipelineSpec
+from .._serve import serve_until_stopped
 
 logger = logging.getLogger("launch")
 
@@ -78,31 +79,31 @@ class PipelineService:
             body["error"] = self.failure.first.summary()
         return (200 if self.state == "ready" else 503), body
 
-    async def _run(self, exit_on_failure: bool, *, task_status: TaskStatus[None]) -> None:
-        started = False
-        try:
-            async with open_pipeline(self.spec) as pipeline:
-                self.pipeline, self.state, started = pipeline, "ready", True
-                task_status.started()
-                await self._stop.wait()
+    def _ready(self, pipeline: Pipeline) -> None:
+        self.pipeline, self.state = pipeline, "ready"
+
+    async def _run(self, exit_on_failure: bool, *, task_status: TaskStatus[Pipeline]) -> None:
+        # a startup failure raises here, and the server's startup fails with it
+        exc = await serve_until_stopped(
+            open_pipeline(self.spec), self._stop, on_ready=self._ready, task_status=task_status
+        )
+        if exc is None:
             self.state = "stopped"
-        except LaunchFailed as exc:
-            if not started:
-                raise  # the server's startup fails with it
-            self.failure, self.state = exc, "failed"
-            # on stderr too: servers configure their own loggers, not launch's
-            print(
-                f"launch: pipeline {self.spec.name!r} failed while serving: {exc.first}",
-                file=sys.stderr,
-                flush=True,
-            )
-            logger.error("pipeline %r failed while serving: %s", self.spec.name, exc.first)
-            if exit_on_failure:
-                if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-                    # no graceful SIGTERM here (a hypercorn worker process): every child
-                    # is reaped already, so end now; its master then shuts down too
-                    _exit_now(self.exit_code)
-                os.kill(os.getpid(), signal.SIGTERM)  # the server's own graceful shutdown
+            return
+        self.failure, self.state = exc, "failed"
+        # on stderr too: servers configure their own loggers, not launch's
+        print(
+            f"launch: pipeline {self.spec.name!r} failed while serving: {exc.first}",
+            file=sys.stderr,
+            flush=True,
+        )
+        logger.error("pipeline %r failed while serving: %s", self.spec.name, exc.first)
+        if exit_on_failure:
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+                # no graceful SIGTERM here (a hypercorn worker process): every child
+                # is reaped already, so end now; its master then shuts down too
+                _exit_now(self.exit_code)
+            os.kill(os.getpid(), signal.SIGTERM)  # the server's own graceful shutdown
 
 
 def _exit_now(code: int) -> None:

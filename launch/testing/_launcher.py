@@ -4,7 +4,9 @@ blocks; everything it opened is torn down when it closes."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -13,6 +15,7 @@ from .._errors import LaunchFailed
 from .._group import Group, open_group
 from .._pipeline import Pipeline, open_pipeline
 from .._pipeline_spec import PipelineSpec
+from .._serve import serve_until_stopped
 from .._spec import ProcessSpec, ShutdownPolicy
 
 
@@ -55,17 +58,12 @@ class Launcher:
         failures, self.failures = self.failures, []
         return failures
 
-    async def _serve(self, tree: object, *, task_status: TaskStatus[object]) -> None:
-        started = False
-        try:
-            async with tree as running:  # type: ignore[attr-defined]
-                started = True
-                task_status.started(running)
-                await self._stop.wait()
-        except LaunchFailed as exc:
-            if not started:
-                raise
-            self.failures.append(exc)
+    async def _serve(
+        self, tree: AbstractAsyncContextManager[Any], *, task_status: TaskStatus[Any]
+    ) -> None:
+        failure = await serve_until_stopped(tree, self._stop, task_status=task_status)
+        if failure is not None:
+            self.failures.append(failure)
 
     async def group(
         self,
