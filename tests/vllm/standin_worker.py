@@ -35,7 +35,9 @@ class StandInWorker(WorkerBase):  # type: ignore[misc]
             self.parallel_config.pipeline_parallel_size,
         )
 
-    def load_model(self) -> None:
+    def load_model(self, *, load_dummy_weights: bool = False) -> None:
+        self._last: dict[str, int] = {}
+        self._step: list[str] = []
         options = self._options()
         time.sleep(options.get("load_s", 0.0))
         if options.get("fail_rank") == self.rank:
@@ -46,6 +48,47 @@ class StandInWorker(WorkerBase):  # type: ignore[misc]
 
     def ping(self) -> dict[str, int]:
         return {"rank": self.rank, "pid": os.getpid()}
+
+    # What the engine core asks of a worker during its own startup and its busy loop.
+    # The stand-in is an attention-free "model": no KV cache, and each step samples the
+    # token after the request's last one, so a caller can check what came back.
+
+    def get_kv_cache_spec(self) -> dict[str, Any]:
+        return {}
+
+    def initialize_from_config(self, kv_cache_config: Any) -> None:
+        pass
+
+    def compile_or_warm_up_model(self) -> Any:
+        from vllm.v1.worker.worker_base import CompilationTimes
+
+        return CompilationTimes(language_model=0.0, encoder=0.0)
+
+    def get_supported_tasks(self) -> tuple[str, ...]:
+        return ("generate",)
+
+    def execute_model(self, scheduler_output: Any) -> Any:
+        for new in scheduler_output.scheduled_new_reqs:
+            self._last[new.req_id] = new.prompt_token_ids[-1]
+        self._step = [
+            *[new.req_id for new in scheduler_output.scheduled_new_reqs],
+            *scheduler_output.scheduled_cached_reqs.req_ids,
+        ]
+        for done in scheduler_output.finished_req_ids:
+            self._last.pop(done, None)
+        return None
+
+    def sample_tokens(self, grammar_output: Any) -> Any:
+        from vllm.v1.outputs import ModelRunnerOutput
+
+        vocab = self.model_config.get_vocab_size()
+        for req_id in self._step:
+            self._last[req_id] = (self._last[req_id] + 1) % vocab
+        return ModelRunnerOutput(
+            req_ids=list(self._step),
+            req_id_to_index={req_id: i for i, req_id in enumerate(self._step)},
+            sampled_token_ids=[[self._last[req_id]] for req_id in self._step],
+        )
 
 
 def tiny_llama(path: Path) -> Path:

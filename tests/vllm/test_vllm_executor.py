@@ -101,3 +101,29 @@ def test_vllms_own_executor_on_the_same_failure_says_see_above(model_dir: Path) 
             return True
 
     psutil.wait_procs([p for p in psutil.Process().children(recursive=True) if worker(p)], 10)
+
+
+def test_llm_starts_end_to_end_through_launch_and_generates(model_dir: Path) -> None:
+    """vLLM's whole path: LLM -> engine-core process -> ZMQ handshake -> launch's
+    executor -> worker processes; the stand-in samples last token + 1."""
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(
+        model=str(model_dir),
+        skip_tokenizer_init=True,
+        tensor_parallel_size=2,
+        distributed_executor_backend="launch.integrations.vllm.LaunchExecutor",
+        enforce_eager=True,
+        max_model_len=128,
+        enable_prefix_caching=False,  # the stand-in has no KV cache
+        worker_cls="standin_worker.StandInWorker",
+        additional_config={"standin": {"load_s": 0.1}},
+    )
+    try:
+        outputs = llm.generate(
+            [{"prompt_token_ids": [5, 6, 7]}, {"prompt_token_ids": [40]}],
+            SamplingParams(max_tokens=3, detokenize=False),
+        )
+        assert [list(o.outputs[0].token_ids) for o in outputs] == [[8, 9, 10], [41, 42, 43]]
+    finally:
+        llm.llm_engine.engine_core.shutdown()
