@@ -2,7 +2,8 @@
 kernels to run a model, but everything around the worker is vLLM's own. It forms vLLM's
 distributed environment (gloo), "loads" for ``load_s`` seconds, and can fail on purpose.
 
-``additional_config={"standin": {"load_s": 0.5, "fail_rank": 1}}`` on the engine args.
+``additional_config={"standin": {"load_s": 0.5, "fail_rank": 1}}`` on the engine args
+(``fail_dp_rank`` fails every worker of that data-parallel engine).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class StandInWorker(WorkerBase):  # type: ignore[misc]
         self._step: list[str] = []
         options = self._options()
         time.sleep(options.get("load_s", 0.0))
+        dp_rank = getattr(self.parallel_config, "data_parallel_index", None)
+        if options.get("fail_dp_rank") is not None and options["fail_dp_rank"] == dp_rank:
+            raise RuntimeError(f"engine {dp_rank}: weights are corrupt (stand-in failure)")
         if options.get("fail_rank") == self.rank:
             if "stamp" in options:  # when it failed, for tools/vllm_failure_compare.py
                 with open(options["stamp"], "w") as stamp:
@@ -70,10 +74,7 @@ class StandInWorker(WorkerBase):  # type: ignore[misc]
     def execute_model(self, scheduler_output: Any) -> Any:
         for new in scheduler_output.scheduled_new_reqs:
             self._last[new.req_id] = new.prompt_token_ids[-1]
-        self._step = [
-            *[new.req_id for new in scheduler_output.scheduled_new_reqs],
-            *scheduler_output.scheduled_cached_reqs.req_ids,
-        ]
+        self._step = list(scheduler_output.num_scheduled_tokens)
         for done in scheduler_output.finished_req_ids:
             self._last.pop(done, None)
         return None

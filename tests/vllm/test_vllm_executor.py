@@ -12,22 +12,7 @@ from typing import Any
 import pytest
 from procs import alive
 
-vllm = pytest.importorskip("vllm")
-if os.environ.get("VLLM_TARGET_DEVICE") != "cpu":
-    pytest.skip("run through `nox -s vllm` (VLLM_TARGET_DEVICE=cpu)", allow_module_level=True)
-
 import launch  # noqa: E402
-
-HERE = Path(__file__).parent
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weight Llama, saved locally (no hub access)."""
-    from standin_worker import tiny_llama
-
-    return tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
 
 def engine_config(model: Path, **standin: Any) -> Any:
     from vllm.engine.arg_utils import EngineArgs
@@ -41,11 +26,6 @@ def engine_config(model: Path, **standin: Any) -> Any:
         worker_cls="standin_worker.StandInWorker",
         additional_config={"standin": standin},
     ).create_engine_config()
-
-
-@pytest.fixture(autouse=True)
-def standin_importable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(HERE))  # the workers inherit sys.path
 
 
 def test_workers_start_through_launch_and_serve_vllm_rpcs(model_dir: Path) -> None:

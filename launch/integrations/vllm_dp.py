@@ -1,0 +1,403 @@
+"""vLLM's data-parallel engine cores started as one launch group.
+
+    async with open_engine_cores(vllm_config) as cores:
+        llm = AsyncLLM.from_vllm_config(vllm_config, client_addresses=cores.client_addresses)
+        ...
+        llm.shutdown()
+
+What changes against vLLM's own ``launch_core_engines``:
+
+- Every ``EngineCore_DP<r>`` process (and the DP coordinator, when vLLM needs one) is
+  spawned concurrently through launch's narrow lock. The coordinator's sockets are IPC
+  paths chosen up front, so no engine waits for the coordinator to start.
+- Device visibility is set inside each engine: ``CUDA_VISIBLE_DEVICES`` (the platform's
+  device variable) is that rank's slice, applied by the child before it imports torch,
+  and the engine runs as local DP rank 0 of its slice (the pattern of vLLM's external
+  load balancing). Nothing patches the parent's ``os.environ``.
+- Each rank gets its own copy of the config; the caller's ``VllmConfig`` is never
+  mutated (vLLM sets a shared config's device ids before each ``start()``).
+- The HELLO/READY ZMQ handshakes of all engines are served concurrently with the
+  spawns, under each engine's ``ready_timeout``. An engine dying or timing out tears
+  every other one down at once, and the error is launch's ``LaunchFailed`` with that
+  engine's own traceback (vLLM: "Engine core initialization failed. See root cause
+  above").
+- The engines' addresses go to vLLM through its client-addresses path
+  (``AsyncLLM(client_addresses=...)``), the one its multi-API-server mode uses.
+
+Written against vLLM 0.32 (``vllm.v1.engine.utils``); one node, ``data_parallel_backend
+= "mp"``, every DP rank local. Leave the block after ``AsyncLLM.shutdown()``: leaving it
+stops the engines (cooperative stop, which an engine takes as vLLM's SIGTERM shutdown).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+import msgspec
+import zmq
+from vllm.config import VllmConfig
+from vllm.platforms import current_platform
+from vllm.utils.network_utils import get_open_zmq_ipc_path
+from vllm.v1.engine.utils import EngineHandshakeMetadata, EngineZmqAddresses
+
+from .._group import Group, open_group
+from .._spec import ProcessSpec, ShutdownPolicy, StartMethod
+
+ENGINE_TARGET = "launch.integrations.vllm_dp:engine_core"
+COORDINATOR_TARGET = "launch.integrations.vllm_dp:coordinator"
+COORDINATOR = "DPCoordinator"
+SHUTDOWN = ShutdownPolicy(stop_timeout=5.0, term_timeout=3.0, kill_timeout=1.0)
+_POLL_MS = 100
+
+
+@dataclass(frozen=True)
+class EngineCores:
+    """The running engine cores: the launch group and where a client reaches them."""
+
+    group: Group
+    client_addresses: dict[str, Any]
+    """For ``AsyncLLM.from_vllm_config(..., client_addresses=...)``."""
+    addresses: EngineZmqAddresses
+
+    def engine_name(self, dp_rank: int) -> str:
+        """The launch child name of DP rank ``dp_rank``."""
+        return engine_name(dp_rank)
+
+
+def engine_name(dp_rank: int) -> str:
+    """The child name of one engine core, as vLLM names the process."""
+    return f"EngineCore_DP{dp_rank}"
+
+
+def engine_device_env(dp_rank: int, world_size: int) -> dict[str, str]:
+    """The device variable of DP rank ``dp_rank``: its ``world_size`` devices, counted in
+    the parent's own visible devices. Empty on platforms without one (the CPU)."""
+    if not current_platform.is_cuda_alike():
+        return {}
+    ids = [
+        str(current_platform.device_id_to_physical_device_id(i))
+        for i in range(dp_rank * world_size, (dp_rank + 1) * world_size)
+    ]
+    return {current_platform.device_control_env_var: ",".join(ids)}
+
+
+def _rank_config(vllm_config: VllmConfig, dp_rank: int) -> tuple[VllmConfig, int]:
+    """This rank's own copy of the config, and the local DP rank it runs as."""
+    config = copy.deepcopy(vllm_config)
+    if current_platform.is_cuda_alike():
+        return config, 0  # its devices are the child's whole visible set
+    try:  # what vLLM does to a shared config before each start(), on a copy instead
+        from vllm.v1.engine.utils import set_assigned_physical_gpu_ids_for_dp_rank
+    except ImportError:
+        return config, dp_rank
+    user_ids = vllm_config.parallel_config.assigned_physical_gpu_ids
+    set_assigned_physical_gpu_ids_for_dp_rank(config, dp_rank, user_ids)
+    return config, dp_rank
+
+
+def _check(vllm_config: VllmConfig) -> None:
+    parallel = vllm_config.parallel_config
+    problems = []
+    if parallel.data_parallel_backend != "mp":
+        problems.append(f"data_parallel_backend={parallel.data_parallel_backend!r} (not 'mp')")
+    if parallel.data_parallel_size_local != parallel.data_parallel_size:
+        problems.append(
+            f"data_parallel_size_local={parallel.data_parallel_size_local} of "
+            f"data_parallel_size={parallel.data_parallel_size} (every rank must be local)"
+        )
+    if parallel.data_parallel_rank_local is not None:
+        problems.append("data_parallel_rank_local is set (offline one-engine-per-LLM mode)")
+    if parallel.data_parallel_rank != 0:
+        problems.append(f"data_parallel_rank={parallel.data_parallel_rank} (must be 0)")
+    if problems:
+        raise ValueError("open_engine_cores starts every engine of one node: " + "; ".join(problems))
+
+
+@asynccontextmanager
+async def open_engine_cores(
+    vllm_config: VllmConfig,
+    *,
+    executor_class: type[Any] | None = None,
+    log_stats: bool = False,
+    ready_timeout: float | None = 600.0,
+    start_method: StartMethod = "spawn",
+    shutdown: ShutdownPolicy | None = None,
+) -> AsyncIterator[EngineCores]:
+    """Start vLLM's engine cores, one per DP rank, as a launch group; enter the block once
+    every engine has completed its handshake and is in its busy loop.
+
+    ``executor_class`` defaults to vLLM's choice for the config (pass
+    ``launch.integrations.vllm.LaunchExecutor`` for workers started by launch too).
+    Raises ``ValueError`` for a config that is not one node's internal DP, and
+    ``LaunchFailed`` (the failing engine's traceback) if an engine fails to start.
+    """
+    from vllm.v1.executor import Executor
+
+    _check(vllm_config)
+    parallel = vllm_config.parallel_config
+    dp_size = parallel.data_parallel_size
+    executor = executor_class or Executor.get_class(vllm_config)
+    addresses = EngineZmqAddresses(
+        inputs=[get_open_zmq_ipc_path()], outputs=[get_open_zmq_ipc_path()]
+    )
+    specs: list[ProcessSpec] = []
+    if vllm_config.needs_dp_coordinator:
+        front, back_out, back_pub = (get_open_zmq_ipc_path() for _ in range(3))
+        addresses.coordinator_input, addresses.coordinator_output = back_pub, back_out
+        addresses.frontend_stats_publish_address = front
+        specs.append(
+            ProcessSpec(
+                COORDINATOR_TARGET,
+                name=COORDINATOR,
+                kwargs={
+                    "engine_count": dp_size,
+                    "front_publish_address": front,
+                    "back_output_address": back_out,
+                    "back_publish_address": back_pub,
+                    "enable_wave_coordination": vllm_config.model_config.is_moe,
+                },
+                start_method=start_method,
+                ready_timeout=ready_timeout,
+            )
+        )
+    coord_store = None
+    if dp_size > 1 and hasattr(parallel, "_coord_store_port"):
+        # vLLM's DP engines pick their group's ports through this store at bind time
+        from vllm.distributed.utils import create_tcp_store
+
+        coord_store = create_tcp_store(
+            parallel.data_parallel_master_ip, 0, is_master=True, world_size=-1,
+            wait_for_workers=False,
+        )  # fmt: skip
+        parallel = copy.copy(parallel)
+        parallel._coord_store_port = coord_store.port
+    handshake_address = get_open_zmq_ipc_path()
+    for rank in range(dp_size):
+        config, local_rank = _rank_config(vllm_config, rank)
+        if coord_store is not None:
+            config.parallel_config._coord_store_port = coord_store.port
+        specs.append(
+            ProcessSpec(
+                ENGINE_TARGET,
+                name=engine_name(rank),
+                kwargs={
+                    "vllm_config": config,
+                    "handshake_address": handshake_address,
+                    "executor_class": executor,
+                    "log_stats": log_stats,
+                    "dp_rank": rank,
+                    "local_dp_rank": local_rank,
+                },
+                env=engine_device_env(rank, parallel.world_size),
+                start_method=start_method,
+                ready_timeout=ready_timeout,
+            )
+        )
+    handshake = _Handshake(handshake_address, addresses, vllm_config, parallel)
+    unwrapped: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(handshake.serve)
+            async with open_group(specs, name="vllm-engines", shutdown=shutdown or SHUTDOWN) as group:
+                await handshake.done.wait()  # every engine READY over ZMQ came first
+                yield EngineCores(
+                    group=group,
+                    client_addresses={
+                        "input_address": addresses.inputs[0],
+                        "output_address": addresses.outputs[0],
+                        "stats_update_address": addresses.frontend_stats_publish_address,
+                    },
+                    addresses=addresses,
+                )
+    except BaseExceptionGroup as eg:
+        if len(eg.exceptions) != 1:
+            raise
+        unwrapped = eg.exceptions[0]  # the handshake's error, the group's, or the caller's
+    finally:
+        handshake.close()
+    if unwrapped is not None:
+        raise unwrapped
+
+
+class _Handshake:
+    """The parent's side of vLLM's engine startup handshake (``wait_for_engine_startup``):
+    answer each engine's HELLO with the client addresses, count its READY."""
+
+    def __init__(
+        self, address: str, addresses: EngineZmqAddresses, config: VllmConfig, parallel: Any
+    ) -> None:
+        dp_size = parallel.data_parallel_size
+        self.addresses = addresses
+        self.parallel = parallel
+        self.coordinated = dp_size > 1 and config.model_config.is_moe
+        self.pending = {rank.to_bytes(2, "little"): "NEW" for rank in range(dp_size)}
+        self.done = anyio.Event()
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(address)
+
+    async def serve(self) -> None:
+        await anyio.to_thread.run_sync(self._serve_blocking)
+        self.done.set()
+
+    def _serve_blocking(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        while any(state != "READY" for state in self.pending.values()):
+            anyio.from_thread.check_cancelled()  # a failed spawn ends the wait at once
+            if not poller.poll(_POLL_MS):
+                continue
+            identity, body = self.socket.recv_multipart()
+            self._on_message(identity, msgspec.msgpack.decode(body))
+
+    def _on_message(self, identity: bytes, message: dict[str, Any]) -> None:
+        rank = int.from_bytes(identity, "little")
+        state = self.pending.get(identity)
+        status = message.get("status")
+        if state is None:
+            raise RuntimeError(f"handshake from unexpected DP rank {rank}")
+        if status == "HELLO" and state == "NEW":
+            keys = (
+                "data_parallel_master_ip",
+                "data_parallel_master_port",
+                "_data_parallel_master_port_list",
+                "_coord_store_port",
+                "data_parallel_size",
+            )
+            parallel = (
+                {k: getattr(self.parallel, k) for k in keys if hasattr(self.parallel, k)}
+                if self.coordinated
+                else {}
+            )
+            init = EngineHandshakeMetadata(addresses=self.addresses, parallel_config=parallel)
+            self.socket.send_multipart((identity, msgspec.msgpack.encode(init)))
+            self.pending[identity] = "CONNECTED"
+        elif status == "READY" and state == "CONNECTED":
+            if self.coordinated and message.get("parallel_config_hash") != (
+                expected := self.parallel.compute_hash()
+            ):
+                raise RuntimeError(
+                    f"{engine_name(rank)} has a different parallel config "
+                    f"(hash {message.get('parallel_config_hash')}, expected {expected})"
+                )
+            self.pending[identity] = "READY"
+        else:
+            raise RuntimeError(f"unexpected {status} from {engine_name(rank)} in state {state}")
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+def _stop_with_sigterm() -> None:
+    """launch's cooperative stop, delivered as the SIGTERM that vLLM's processes handle.
+    A daemon thread: the child has no event loop, and the thread must not hold it open."""
+    from .. import wait_for_stop
+
+    def stop_on_request() -> None:
+        wait_for_stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_on_request, daemon=True, name="launch-stop").start()
+
+
+def _exit_now() -> None:
+    # vLLM's shutdown ran; the interpreter's own teardown of torch adds seconds and
+    # releases nothing an exiting process needs
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def engine_core(
+    *,
+    vllm_config: VllmConfig,
+    handshake_address: str,
+    executor_class: type[Any],
+    log_stats: bool,
+    dp_rank: int,
+    local_dp_rank: int,
+) -> None:
+    """Target of one engine core: vLLM's ``EngineCoreProc.run_engine_core``, READY to
+    launch once the engine has finished its handshake and enters its busy loop."""
+    from vllm.v1.engine.core import DPEngineCoreProc, EngineCoreProc
+
+    from .. import phase, ready
+
+    said_ready = False
+
+    def with_ready(run_busy_loop: Any) -> Any:
+        def run(self: Any) -> Any:
+            nonlocal said_ready
+            if not said_ready:
+                said_ready = True
+                ready({"dp_rank": dp_rank, "pid": os.getpid()})
+                _stop_with_sigterm()
+            return run_busy_loop(self)
+
+        return run
+
+    # this process is the engine's own: wrapping its class here touches nothing else
+    for cls in (EngineCoreProc, DPEngineCoreProc):
+        cls.run_busy_loop = with_ready(cls.__dict__.get("run_busy_loop", cls.run_busy_loop))
+    phase("engine init (executor, workers, KV cache)")
+    try:
+        EngineCoreProc.run_engine_core(
+            vllm_config=vllm_config,
+            local_client=True,
+            handshake_address=handshake_address,
+            executor_class=executor_class,
+            log_stats=log_stats,
+            dp_rank=dp_rank,
+            local_dp_rank=local_dp_rank,
+        )
+    except SystemExit as exc:
+        if said_ready and exc.code in (None, 0):
+            _exit_now()
+        raise
+
+
+class _ReadyPipe:
+    """Stands where ``DPCoordinatorProc`` sends its bound addresses to its parent."""
+
+    def send(self, bound: Any) -> None:
+        from .. import ready
+
+        ready({"addresses": list(bound)})
+        _stop_with_sigterm()
+
+    def close(self) -> None:
+        pass
+
+
+def coordinator(
+    *,
+    engine_count: int,
+    front_publish_address: str,
+    back_output_address: str,
+    back_publish_address: str,
+    enable_wave_coordination: bool,
+) -> None:
+    """Target of vLLM's DP coordinator (load stats and request waves), READY once bound."""
+    from vllm.v1.engine.coordinator import DPCoordinatorProc
+
+    DPCoordinatorProc.run_coordinator(
+        engine_count=engine_count,
+        front_publish_address=front_publish_address,
+        back_output_address=back_output_address,
+        back_publish_address=back_publish_address,
+        zmq_addr_pipe=_ReadyPipe(),
+        enable_wave_coordination=enable_wave_coordination,
+    )
