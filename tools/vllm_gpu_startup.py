@@ -82,6 +82,7 @@ def trial(backend: str, tp: int, model: str, fail: bool) -> dict[str, Any]:
     """One engine start in this process; returns the figures."""
     from vllm import LLM, SamplingParams
 
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
     stamp = Path(tempfile.mkdtemp()) / "failed_at"
     if fail:
         os.environ["LAUNCH_FAIL_RANK"] = "1"
@@ -95,6 +96,8 @@ def trial(backend: str, tp: int, model: str, fail: bool) -> dict[str, Any]:
         "enforce_eager": True,
         "max_model_len": 2048,
         "gpu_memory_utilization": 0.5,
+        # FlashInfer is a separate ~1 GB package the carried set leaves out
+        "attention_backend": os.environ.get("LAUNCH_BENCH_ATTENTION", "FLASH_ATTN"),
     }
     if fail:
         options["worker_cls"] = "vllm_failing_worker.FailingWorker"

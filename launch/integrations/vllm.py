@@ -20,8 +20,9 @@ or pass the class itself. What changes against vLLM's own ``mp`` backend:
   vLLM's monitor thread does; launch's death watch replaces that thread.
 
 Written against vLLM 0.32 and 0.26 (``vllm.v1.executor.multiproc_executor``); single node,
-``nnodes_within_dp == 1``. ``LAUNCH_VLLM_START_METHOD`` picks ``spawn`` (default) or
-``forkserver`` (launch's own forkserver; preload with ``launch.prewarm``).
+``nnodes_within_dp == 1``. Workers start the way vLLM's own executor would start them
+(``fork`` by default, ``spawn`` once CUDA is up); ``LAUNCH_VLLM_START_METHOD`` overrides it
+with ``spawn``, ``fork`` or ``forkserver`` (launch's own; preload with ``launch.prewarm``).
 """
 
 from __future__ import annotations
@@ -114,6 +115,18 @@ def _distributed_init_method() -> str:
     return str(file_store())
 
 
+def _start_method() -> str:
+    """``LAUNCH_VLLM_START_METHOD``, else what vLLM's own executor would use (``fork``,
+    unless CUDA is already up in this process or ``VLLM_WORKER_MULTIPROC_METHOD`` says
+    otherwise): a forked worker skips the ~8 s of importing torch and vLLM again."""
+    chosen = os.environ.get("LAUNCH_VLLM_START_METHOD")
+    if chosen:
+        return chosen
+    from vllm.utils.system_utils import get_mp_context
+
+    return str(get_mp_context().get_start_method())
+
+
 def _set_runtime_threads() -> None:
     try:  # vLLM >= 0.3x: the engine process only schedules, so it drops its torch threads
         from vllm.utils.torch_utils import set_torch_threads_for_runtime
@@ -150,7 +163,7 @@ class LaunchExecutor(MultiprocExecutor):  # type: ignore[misc]
         init_method = _distributed_init_method()
         handle = self.rpc_broadcast_mq.export_handle()
         omp = OMPProcessManager(self.vllm_config)
-        method = os.environ.get("LAUNCH_VLLM_START_METHOD", "spawn")
+        method = _start_method()
         timeout = float(os.environ.get("LAUNCH_VLLM_READY_TIMEOUT", "600"))
         specs = [
             ProcessSpec(

@@ -107,3 +107,14 @@ def test_llm_starts_end_to_end_through_launch_and_generates(model_dir: Path) -> 
         assert [list(o.outputs[0].token_ids) for o in outputs] == [[8, 9, 10], [41, 42, 43]]
     finally:
         llm.llm_engine.engine_core.shutdown()
+
+
+def test_workers_start_the_way_vllms_own_executor_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm.utils.system_utils import get_mp_context
+
+    from launch.integrations.vllm import _start_method
+
+    monkeypatch.delenv("LAUNCH_VLLM_START_METHOD", raising=False)
+    assert _start_method() == get_mp_context().get_start_method()
+    monkeypatch.setenv("LAUNCH_VLLM_START_METHOD", "forkserver")
+    assert _start_method() == "forkserver"
