@@ -143,3 +143,22 @@ def crash_then_linger(linger: float = 10.0) -> None:
     atexit.register(time.sleep, linger)
     launch.phase("load_model")
     raise RuntimeError("weights file is corrupt")
+
+
+def omni_stage(stage: dict[str, object], model: str) -> None:
+    """A vLLM-Omni stage stand-in: fails if its engine_args say so, else reports what
+    it was given (after a short init) and serves."""
+    args = stage["engine_args"]
+    assert isinstance(args, dict)
+    launch.phase(f"engine {stage['name']}")
+    time.sleep(float(args.get("init_s", 0.3)))
+    if args.get("fail"):
+        raise RuntimeError(f"stage {stage['name']}: {args['fail']}")
+    launch.ready(
+        {
+            "devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "sources": list(stage["input_sources"]),  # type: ignore[call-overload]
+            "model": model,
+        }
+    )
+    launch.wait_for_stop()
