@@ -34,6 +34,10 @@ class ForkServer:
     """A forkserver process and the socket to it. Thread-safe; blocking calls."""
 
     def __init__(self) -> None:
+        self._forget()
+
+    def _forget(self) -> None:
+        """No server: the initial state, and a forked child's (it starts its own)."""
         self._lock = threading.Lock()
         self._popen: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -179,6 +183,9 @@ class ForkServer:
 
 
 FORKSERVER = ForkServer()
+
+
+os.register_at_fork(after_in_child=FORKSERVER._forget)
 
 
 def prewarm(preload: Iterable[str] = ()) -> None:

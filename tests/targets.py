@@ -162,3 +162,12 @@ def omni_stage(stage: dict[str, object], model: str) -> None:
         }
     )
     launch.wait_for_stop()
+
+
+def nested_group(method: str) -> None:
+    """Starts a launch group of its own: the vLLM engine core does this with its
+    workers. A ``fork`` child must not inherit the parent's launch lock held."""
+    spec = launch.ProcessSpec("targets:serve", name="grandchild", start_method=method)  # type: ignore[arg-type]
+    with launch.start_group([spec], name="inner") as inner:
+        launch.ready({"grandchild": inner.children[0].pid})
+        launch.wait_for_stop()

@@ -259,3 +259,19 @@ async def test_a_crash_is_acted_on_before_the_child_has_finished_exiting() -> No
     first = info.value.first
     assert isinstance(first, launch.ChildCrashed) and first.name == "slow-exit"
     assert "weights file is corrupt" in (first.remote_traceback or "")
+
+
+@pytest.mark.parametrize("inner", ["spawn", "fork"])
+async def test_a_forked_child_can_start_a_group_of_its_own(inner: str) -> None:
+    """Regression (seen with vLLM's engine cores forked by launch on H200s): the fork
+    happens while the spawner thread holds the launch lock; the child inherited it held
+    by a thread it does not have, and its own first spawn waited forever."""
+    spec = ProcessSpec(
+        "targets:nested_group", name="engine", kwargs={"method": inner}, start_method="fork",
+        ready_timeout=30.0,
+    )  # fmt: skip
+    with anyio.fail_after(60):
+        async with launch.open_group([spec]) as group:
+            grandchild = group["engine"].payload["grandchild"]
+            assert alive(grandchild)
+    assert not alive(grandchild)

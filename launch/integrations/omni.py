@@ -80,7 +80,7 @@ def _devices(value: Any, where: str) -> tuple[str, ...]:
     elif isinstance(value, Sequence):
         parts = tuple(str(part).strip() for part in value)
     else:
-        raise ValueError(f"{where}: runtime.devices must be like \"0,1\", got {value!r}")
+        raise ValueError(f'{where}: runtime.devices must be like "0,1", got {value!r}')
     if any(not part for part in parts):
         raise ValueError(f"{where}: runtime.devices {value!r} has an empty entry")
     return parts
@@ -251,8 +251,8 @@ def ask_stage(
         socket.send_json({"prompt_token_ids": prompt_token_ids, "max_tokens": max_tokens})
         if not socket.poll(int(timeout * 1000)):
             raise TimeoutError(f"stage at {address} did not answer within {timeout} s")
-        answer: dict[str, list[int]] = socket.recv_json()  # type: ignore[assignment]
-        return answer["token_ids"]
+        answer = socket.recv_json()
+        return [int(token) for token in answer["token_ids"]]
     finally:
         socket.close()
         context.term()

@@ -109,8 +109,10 @@ def _distributed_init_method() -> str:
     requires_tcp = getattr(network_utils, "aiter_requires_tcp_store", lambda: True)
     file_store = getattr(network_utils, "get_file_store_init_method", None)
     if file_store is None or requires_tcp():
-        return network_utils.get_distributed_init_method(
-            network_utils.get_loopback_ip(), network_utils.get_open_port()
+        return str(
+            network_utils.get_distributed_init_method(
+                network_utils.get_loopback_ip(), network_utils.get_open_port()
+            )
         )
     return str(file_store())
 

@@ -121,7 +121,9 @@ def _check(vllm_config: VllmConfig) -> None:
     if parallel.data_parallel_rank != 0:
         problems.append(f"data_parallel_rank={parallel.data_parallel_rank} (must be 0)")
     if problems:
-        raise ValueError("open_engine_cores starts every engine of one node: " + "; ".join(problems))
+        raise ValueError(
+            "open_engine_cores starts every engine of one node: " + "; ".join(problems)
+        )
 
 
 @asynccontextmanager
@@ -131,7 +133,7 @@ async def open_engine_cores(
     executor_class: type[Any] | None = None,
     log_stats: bool = False,
     ready_timeout: float | None = 600.0,
-    start_method: StartMethod = "spawn",
+    start_method: StartMethod | None = None,
     shutdown: ShutdownPolicy | None = None,
 ) -> AsyncIterator[EngineCores]:
     """Start vLLM's engine cores, one per DP rank, as a launch group; enter the block once
@@ -139,6 +141,8 @@ async def open_engine_cores(
 
     ``executor_class`` defaults to vLLM's choice for the config (pass
     ``launch.integrations.vllm.LaunchExecutor`` for workers started by launch too).
+    ``start_method`` defaults to the one vLLM would use (``fork`` unless CUDA is up in
+    this process): a forked engine does not import torch and vLLM again.
     Raises ``ValueError`` for a config that is not one node's internal DP, and
     ``LaunchFailed`` (the failing engine's traceback) if an engine fails to start.
     """
@@ -148,6 +152,10 @@ async def open_engine_cores(
     parallel = vllm_config.parallel_config
     dp_size = parallel.data_parallel_size
     executor = executor_class or Executor.get_class(vllm_config)
+    if start_method is None:
+        from vllm.utils.system_utils import get_mp_context
+
+        start_method = get_mp_context().get_start_method()
     addresses = EngineZmqAddresses(
         inputs=[get_open_zmq_ipc_path()], outputs=[get_open_zmq_ipc_path()]
     )
@@ -209,7 +217,9 @@ async def open_engine_cores(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(handshake.serve)
-            async with open_group(specs, name="vllm-engines", shutdown=shutdown or SHUTDOWN) as group:
+            async with open_group(
+                specs, name="vllm-engines", shutdown=shutdown or SHUTDOWN
+            ) as group:
                 await handshake.done.wait()  # every engine READY over ZMQ came first
                 yield EngineCores(
                     group=group,

@@ -64,7 +64,10 @@ async def test_dp_engines_start_as_one_group_and_serve_an_async_llm(
         finally:
             llm.shutdown()
     assert all(child.exitcode is not None for child in cores.group.children)
-    assert (config.parallel_config.assigned_physical_gpu_ids, config.parallel_config.world_size) == before
+    assert (
+        config.parallel_config.assigned_physical_gpu_ids,
+        config.parallel_config.world_size,
+    ) == before
 
 
 async def test_an_engine_failing_in_init_gives_the_workers_traceback_and_leaves_nothing(

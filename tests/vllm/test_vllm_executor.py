@@ -4,7 +4,6 @@ vLLM's own worker processes, message queues and RPC path, with a stand-in worker
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,8 @@ from typing import Any
 import pytest
 from procs import alive
 
-import launch  # noqa: E402
+import launch
+
 
 def engine_config(model: Path, **standin: Any) -> Any:
     from vllm.engine.arg_utils import EngineArgs
