@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
-import sys
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,6 +50,7 @@ from vllm.v1.engine.utils import EngineHandshakeMetadata, EngineZmqAddresses
 
 from .._group import Group, open_group
 from .._spec import ProcessSpec, ShutdownPolicy, StartMethod
+from .vllm import exit_after_stop, stop_with_sigterm
 
 ENGINE_TARGET = "launch.integrations.vllm_dp:engine_core"
 COORDINATOR_TARGET = "launch.integrations.vllm_dp:coordinator"
@@ -311,26 +309,6 @@ class _Handshake:
         self.context.term()
 
 
-def _stop_with_sigterm() -> None:
-    """launch's cooperative stop, delivered as the SIGTERM that vLLM's processes handle.
-    A daemon thread: the child has no event loop, and the thread must not hold it open."""
-    from .. import wait_for_stop
-
-    def stop_on_request() -> None:
-        wait_for_stop()
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=stop_on_request, daemon=True, name="launch-stop").start()
-
-
-def _exit_now() -> None:
-    # vLLM's shutdown ran; the interpreter's own teardown of torch adds seconds and
-    # releases nothing an exiting process needs
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def engine_core(
     *,
     vllm_config: VllmConfig,
@@ -354,7 +332,7 @@ def engine_core(
             if not said_ready:
                 said_ready = True
                 ready({"dp_rank": dp_rank, "pid": os.getpid()})
-                _stop_with_sigterm()
+                stop_with_sigterm()
             return run_busy_loop(self)
 
         return run
@@ -375,7 +353,7 @@ def engine_core(
         )
     except SystemExit as exc:
         if said_ready and exc.code in (None, 0):
-            _exit_now()
+            exit_after_stop()
         raise
 
 
@@ -386,7 +364,7 @@ class _ReadyPipe:
         from .. import ready
 
         ready({"addresses": list(bound)})
-        _stop_with_sigterm()
+        stop_with_sigterm()
 
     def close(self) -> None:
         pass
