@@ -61,6 +61,19 @@ def test_replicas_split_the_stage_devices_evenly() -> None:
     ]
 
 
+def test_a_deploy_profile_gives_devices_and_replicas_on_the_stage() -> None:
+    # the shape of vLLM-Omni 0.30's deploy/minicpmo_4_5_3gpu_stage1_replicas.yaml
+    profile = {"stages": [{"stage_id": 0}, {"stage_id": 1, "devices": "1,2", "num_replicas": 2}]}
+    stages = omni_stages(profile)
+    assert [(s.name, s.devices) for s in stages] == [
+        ("stage-0", ()),
+        ("stage-1-r0", ("1",)),
+        ("stage-1-r1", ("2",)),
+    ]
+    with pytest.raises(ValueError, match=r"base_config \('base.yaml'\) overlays another file"):
+        omni_stages({"base_config": "base.yaml", **profile})
+
+
 @pytest.mark.parametrize(
     ("stage_args", "message"),
     [

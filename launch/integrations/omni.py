@@ -8,8 +8,9 @@ replica becomes a stage of a launch pipeline tree:
     async with launch.open_pipeline(spec) as running:
         running["thinker"]["thinker"].payload["address"]
 
-- each replica's devices (``runtime.devices``, split evenly over ``runtime.replicas``)
-  are its device locks and its ``CUDA_VISIBLE_DEVICES``, set inside the child;
+- each replica's devices (``runtime.devices``, split evenly over ``runtime.replicas``;
+  or a deploy profile's ``devices`` and ``num_replicas``) are its device locks and its
+  ``CUDA_VISIBLE_DEVICES``, set inside the child;
 - stages start concurrently: two stages that share a device serialize on its lock (so
   vLLM's memory profiling sees the device alone), the others overlap; only launch's
   narrow lock covers each spawn;
@@ -88,16 +89,24 @@ def _devices(value: Any, where: str) -> tuple[str, ...]:
 
 def omni_stages(config: str | Path | Mapping[str, Any]) -> list[OmniStage]:
     """Every stage replica of a vLLM-Omni stage config (a path to its YAML or TOML, or
-    the mapping), in ``stage_args`` order. Raises ``ValueError`` naming the file, the
-    stage and the key for anything malformed."""
+    the mapping), in order. Reads ``stage_args`` (devices and replicas under
+    ``runtime``) or a deploy profile's ``stages`` (``devices`` and ``num_replicas`` on
+    the stage). Raises ``ValueError`` naming the file, the stage and the key for
+    anything malformed."""
     data, source = _load(config)
-    entries = data.get("stage_args")
+    if "base_config" in data:
+        raise ValueError(
+            f"{source}: base_config ({data['base_config']!r}) overlays another file; "
+            "pass the merged stage config"
+        )
+    key = "stage_args" if "stage_args" in data or "stages" not in data else "stages"
+    entries = data.get(key)
     if not isinstance(entries, Sequence) or isinstance(entries, str) or not entries:
-        raise ValueError(f"{source}: 'stage_args' must be a non-empty list of stages")
+        raise ValueError(f"{source}: '{key}' must be a non-empty list of stages")
     ids: dict[int, str] = {}
     parsed: list[tuple[int, str, Mapping[str, Any], tuple[int, ...], int, tuple[str, ...]]] = []
     for index, entry in enumerate(entries):
-        where = f"{source}: stage_args[{index}]"
+        where = f"{source}: {key}[{index}]"
         if not isinstance(entry, Mapping) or "stage_id" not in entry:
             raise ValueError(f"{where}: each stage needs a 'stage_id'")
         stage_id = entry["stage_id"]
@@ -115,8 +124,10 @@ def omni_stages(config: str | Path | Mapping[str, Any]) -> list[OmniStage]:
         runtime = entry.get("runtime") or {}
         if not isinstance(runtime, Mapping):
             raise ValueError(f"{where}: runtime must be a mapping")
-        devices = _devices(runtime.get("devices"), where)
-        replicas = runtime.get("replicas", 1)
+        devices = _devices(runtime.get("devices", entry.get("devices")), where)
+        replicas = runtime.get(
+            "replicas", runtime.get("num_replicas", entry.get("num_replicas", 1))
+        )
         if not isinstance(replicas, int) or replicas < 1:
             raise ValueError(f"{where}: runtime.replicas must be a positive integer")
         if replicas > 1 and devices and len(devices) % replicas:
