@@ -25,21 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "vllm"))  # standin_worker; workers inherit it
 
 from standin_worker import tiny_llama  # noqa: E402
-
-
-def children() -> dict[int, str]:
-    """This process's live descendants but multiprocessing's resource tracker."""
-    import psutil
-
-    found = {}
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            command = " ".join(proc.cmdline())
-            if proc.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in command:
-                found[proc.pid] = command
-        except psutil.NoSuchProcess:
-            pass
-    return found
+from vllm_gpu_startup import descendants  # noqa: E402
 
 
 def one(executor: str, model: Path, stamp: Path) -> dict[str, Any]:
@@ -58,7 +44,7 @@ def one(executor: str, model: Path, stamp: Path) -> dict[str, Any]:
         additional_config={"standin": {"fail_rank": 1, "stamp": str(stamp)}},
     ).create_engine_config()
     cls = LaunchExecutor if executor == "launch" else MultiprocExecutor
-    before = children()
+    before = descendants()
     began = time.monotonic()
     try:
         cls(config)
@@ -68,7 +54,7 @@ def one(executor: str, model: Path, stamp: Path) -> dict[str, Any]:
     else:
         raise RuntimeError("the injected failure did not happen")
     time.sleep(0.1)
-    left = [pid for pid in children() if pid not in before]
+    left = [pid for pid in descendants() if pid not in before]
     failed_at = float(stamp.read_text())
     return {
         "total": error_at - began,

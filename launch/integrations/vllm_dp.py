@@ -68,10 +68,6 @@ class EngineCores:
     """For ``AsyncLLM.from_vllm_config(..., client_addresses=...)``."""
     addresses: EngineZmqAddresses
 
-    def engine_name(self, dp_rank: int) -> str:
-        """The launch child name of DP rank ``dp_rank``."""
-        return engine_name(dp_rank)
-
 
 def engine_name(dp_rank: int) -> str:
     """The child name of one engine core, as vLLM names the process."""
