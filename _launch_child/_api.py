@@ -6,13 +6,18 @@ process started by launch; elsewhere they raise ``RuntimeError``.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import socket
 import threading
 import time
 from typing import Any
 
-from ._protocol import encode
+from ._protocol import MAX_CHILD_FRAME, ErrorReport, ProtocolError, encode
+
+# Room left in a frame for the rest of a READY message around its payload.
+_READY_OVERHEAD = 1 << 10
+_ERROR_TEXT_MAX = 1 << 20  # characters of an error report's message and traceback, each
 
 
 class _Channel:
@@ -27,9 +32,30 @@ class _Channel:
         self._send_lock = threading.Lock()
 
     def send(self, message: tuple[Any, ...]) -> None:
-        data = encode(message)
+        """Send one message; raises :class:`ProtocolError` (a ``ValueError``) if it is
+        over the child-to-parent frame limit (an error report is cut to fit instead)."""
+        try:
+            data = encode(message, MAX_CHILD_FRAME)
+        except ProtocolError:
+            if message[0] != "error":
+                raise
+            data = encode(("error", _cut(message[1])), MAX_CHILD_FRAME)
         with self._send_lock:
             self.sock.sendall(data)
+
+
+def _cut(report: ErrorReport) -> ErrorReport:
+    """``report`` with its text cut to fit a frame: the root cause must reach the parent."""
+
+    def cut(text: str) -> str:
+        if len(text) <= _ERROR_TEXT_MAX:
+            return text
+        half = _ERROR_TEXT_MAX // 2
+        return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
+
+    return dataclasses.replace(
+        report, message=cut(report.message), traceback=cut(report.traceback), extra={}
+    )
 
 
 _channel: _Channel | None = None
@@ -53,7 +79,8 @@ def ready(payload: Any = None) -> None:
     """Tell the parent that startup is done, handing it ``payload`` (must be picklable).
 
     Call it once. The parent's ``open_group`` block is entered when every child
-    of the group has called it.
+    of the group has called it. The pickled payload may be at most about 64 MiB (the
+    control protocol's limit); a larger one raises ``ValueError`` and READY is not sent.
     """
     channel = _require("ready")
     if channel.ready_sent:
@@ -64,6 +91,13 @@ def ready(payload: Any = None) -> None:
         raise TypeError(
             f"launch.ready() payload of child {channel.name!r} is not picklable: {exc}"
         ) from exc
+    if len(data) > MAX_CHILD_FRAME - _READY_OVERHEAD:
+        raise ValueError(
+            f"launch.ready() payload of child {channel.name!r} is {len(data)} bytes pickled, "
+            f"over the control protocol's limit of {MAX_CHILD_FRAME - _READY_OVERHEAD} bytes; "
+            "hand large data over another way (a file, shared memory, a socket) and pass "
+            "its name in the payload"
+        )
     channel.send(("ready", data, time.monotonic()))
     channel.ready_sent = True
 

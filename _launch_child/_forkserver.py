@@ -10,9 +10,16 @@ its only link to the parent. Requests (one datagram each, pickled):
   stdout and stderr) → ``("forked", pid)``
 
 When a child exits, the server kills what is left of its process group, reaps it and
-writes its exit code (4 bytes, signed) to the status pipe. EOF on the request socket
-means the parent is gone or done: the server exits (its children have their own death
-watch on their control sockets).
+writes its exit code (4 bytes, signed) to the status pipe. EOF on the request socket, or
+the exit of the launch parent (the server's parent, watched through a pidfd), means the
+parent is gone or done: the server exits. Its children outlive it: each watches the
+launch parent itself (the server hands them its pidfd), not the server.
+
+The server is the child subreaper of its children's descendants: when a child dies
+without cleaning up after itself (SIGKILL), what it leaves behind outside its process
+group (daemons: double fork, ``setsid``) is re-parented to the server, which SIGKILLs
+and reaps it. ``poll``, not ``select``: the request socket keeps the parent's fd number,
+which may be above 1023.
 
 Like the bootstrap, this module imports only the standard library.
 """
@@ -31,6 +38,7 @@ import traceback
 from typing import Any
 
 from ._bootstrap import fork_main
+from ._tree import Proc, children, read_stat, set_child_subreaper
 
 STATUS = struct.Struct("!i")
 
@@ -90,9 +98,9 @@ def _reap(status_fds: dict[int, int]) -> None:
         try:
             info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
-            return
+            break
         if info is None:
-            return
+            break
         pid = info.si_pid
         try:
             os.killpg(pid, signal.SIGKILL)  # stragglers of its group, while the pgid is still held
@@ -106,11 +114,40 @@ def _reap(status_fds: dict[int, int]) -> None:
             except OSError:
                 pass
             os.close(fd)
+    _kill_orphans(status_fds)
+
+
+def _kill_orphans(status_fds: dict[int, int]) -> None:
+    """SIGKILL the server's adopted children that belong to no live child's group: what a
+    dead child left behind. Spared: a live child's group (its guard is adopted too), and
+    the server's own group (helpers that a preloaded module started). The killed are
+    reaped at their SIGCHLD. Signalling by pid is safe here: an unreaped child of ours
+    cannot have its pid reused."""
+    me = os.getpid()
+    spared = {*status_fds, os.getpgrp()}
+    for pid in children(me):
+        if pid in status_fds:
+            continue
+        stat = read_stat(pid)
+        if stat is not None and stat[1] == me and stat[2] not in spared:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _pin_parent() -> Proc | None:
+    """The launch parent (this server's parent), pinned; None if it is already gone."""
+    return Proc.parent(os.getppid())
 
 
 def serve(fd: int) -> None:
-    """Serve fork requests on socket ``fd`` until the parent closes it."""
+    """Serve fork requests on socket ``fd`` until the parent closes it or exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    launcher = _pin_parent()
+    if launcher is None:
+        return
+    set_child_subreaper()
     sock = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -118,22 +155,27 @@ def serve(fd: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     status_fds: dict[int, int] = {}
-    me = os.getpid()
     refused: str | None = None
+    poller = select.poll()
+    for watched in (sock.fileno(), wake_r, launcher.pidfd):
+        if watched is not None:
+            poller.register(watched, select.POLLIN)
 
     while True:
-        try:
-            readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
-        except InterruptedError:
-            continue
-        if wake_r in readable:
+        events = dict(poller.poll(None if launcher.pidfd is not None else 200))
+        if wake_r in events:
             try:
                 while os.read(wake_r, 512):
                     pass
             except BlockingIOError:
                 pass
             _reap(status_fds)
-        if sock.fileno() not in readable:
+        if launcher.pidfd is None:
+            if launcher.exited():
+                break
+        elif events.get(launcher.pidfd, 0) & select.POLLIN:
+            break
+        if sock.fileno() not in events:
             continue
         try:
             data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
@@ -164,7 +206,7 @@ def serve(fd: int) -> None:
                 for target, source in zip((1, 2), output_fds, strict=False):
                     os.dup2(source, target)
                     os.close(source)
-                fork_main(control_fd, me)
+                fork_main(control_fd, launcher.pid, launcher.pidfd)
             os.close(control_fd)
             for source in output_fds:
                 os.close(source)

@@ -65,7 +65,22 @@ class _Running(Generic[R]):
                 self._portal.call(self._stop.set)
             except RuntimeError:
                 pass  # the portal's loop is already gone: the task has ended
-        self._result(None)
+        interrupted: KeyboardInterrupt | None = None
+        while True:
+            try:
+                self._result(None)
+                break
+            except KeyboardInterrupt as exc:
+                # Another Ctrl-C while the children are being stopped: the teardown is
+                # bounded, so it is finished first (abandoning it would leave children
+                # nobody reaps), then the interrupt goes on.
+                interrupted = exc
+            except LaunchFailed:
+                if interrupted is None:
+                    raise
+                break
+        if interrupted is not None:
+            raise interrupted
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the tree stops: raises :class:`LaunchFailed` if a child died,

@@ -8,24 +8,46 @@ from typing import Any
 
 import anyio
 
-from _launch_child._protocol import encode, split_frames
+from _launch_child._protocol import (
+    MAX_CHILD_FRAME,
+    ProtocolError,
+    check_child_message,
+    encode,
+    take_frame,
+)
+
+from ._fds import own_socket
+
+__all__ = ["ControlChannel", "ProtocolError"]
+
+_RECV_SIZE = 1 << 16
 
 
 class ControlChannel:
-    """Framed messages over a non-blocking socket; EOF when the child is gone."""
+    """Framed messages over a non-blocking socket; EOF when the child is gone.
+
+    What the child sends is checked as it arrives: a frame longer than
+    ``MAX_CHILD_FRAME`` is refused from its header alone, so the buffer never holds more
+    than one frame plus one read; anything that is not a valid message makes
+    :meth:`receive` raise :class:`ProtocolError` (after the valid messages before it).
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
-        self._sock = sock
+        self._sock = own_socket(sock)
         self._buf = bytearray()
         self._pending: deque[tuple[Any, ...]] = deque()
+        self._broken: ProtocolError | None = None
         self.closed = False
 
     async def receive(self) -> tuple[Any, ...] | None:
-        """The next message, or ``None`` at EOF."""
+        """The next message, or ``None`` at EOF. Raises :class:`ProtocolError` once the
+        stream held something that is not a valid message; nothing after it is read."""
         while not self._pending:
+            if self._broken is not None:
+                raise self._broken
             try:
-                data = self._sock.recv(1 << 16)
+                data = self._sock.recv(_RECV_SIZE)
             except BlockingIOError:
                 try:
                     await anyio.wait_readable(self._sock)
@@ -37,7 +59,12 @@ class ControlChannel:
             if not data:
                 return None
             self._buf += data
-            self._pending.extend(split_frames(self._buf))
+            try:
+                while (frame := take_frame(self._buf, MAX_CHILD_FRAME)) is not None:
+                    self._pending.append(check_child_message(frame))
+            except ProtocolError as exc:
+                self._broken = exc
+                self._buf = bytearray()
         return self._pending.popleft()
 
     async def send_frame(self, frame: bytes) -> bool:
@@ -66,6 +93,7 @@ class ControlChannel:
             return False
 
     def close(self) -> None:
+        """Close the socket (the child sees EOF); idempotent."""
         if not self.closed:
             self.closed = True
             anyio.notify_closing(self._sock)

@@ -15,10 +15,15 @@ from _launch_child._protocol import ErrorReport
 
 from ._channel import ControlChannel
 from ._output import OutputPump
-from ._process import ProcessHandle
+from ._process import ForkserverProcess, ProcessHandle
 from ._spec import ProcessSpec
 
 logger = logging.getLogger("launch")
+
+# What one child's messages may make the parent keep: a child that sends phases in a
+# loop costs bounded memory (the latest phase always replaces the last kept one).
+_MAX_PHASES = 1000
+_MAX_PHASE_NAME = 200
 
 
 class ChildState(enum.Enum):
@@ -96,7 +101,8 @@ class Child:
             if new is ChildState.READY and self.times.startup_s is not None:
                 extra = f" after {self.times.startup_s:.3f}s"
             elif new is ChildState.EXITED:
-                extra = f" with exit code {self.exitcode}"
+                note = self._exit_note
+                extra = f" with exit code {self.exitcode}" if note is None else f", {note}"
             logger.info(
                 "%s/%s (pid %s): %s -> %s%s", self.group, self.name, self.pid, old, new, extra
             )
@@ -140,8 +146,11 @@ class Child:
         if kind == "booted":
             self.times.booted = message[1]
         elif kind == "phase":
-            self.phase = message[1]
-            self.times.phases.append((message[1], message[2]))
+            name = message[1][:_MAX_PHASE_NAME]
+            self.phase = name
+            if len(self.times.phases) >= _MAX_PHASES:
+                self.times.phases.pop()
+            self.times.phases.append((name, message[2]))
         elif kind == "ready":
             try:
                 self._payload = pickle.loads(message[1])
@@ -155,6 +164,12 @@ class Child:
         elif kind == "error":
             self._error = message[1]
             self._settled.set()  # failed before READY: the parent need not wait for the exit
+
+    @property
+    def _exit_note(self) -> str | None:
+        """Why the exit code is None although the child has exited (its forkserver died)."""
+        process = self._process
+        return process.exit_unknown if isinstance(process, ForkserverProcess) else None
 
     # --- what teardown needs (see launch._teardown.Stoppable) ---
 

@@ -1,17 +1,38 @@
 """Pipeline files: TOML in, a validated ``PipelineSpec`` out. The schema is in
-docs/pipeline-file.md; every error names the file, the stage and the key."""
+docs/pipeline-file.md; every error names the file, the stage and the key.
+
+A pipeline file is untrusted input: its size, the nesting depth of its values and the
+number of children it asks for are bounded, and only a regular file is read, so a
+hostile or broken file costs bounded memory and time and gives one ConfigError.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from ._pipeline_spec import PipelineSpec, StageSpec
-from ._spec import OUTPUTS, START_METHODS, ProcessSpec, ShutdownPolicy
+from ._pipeline_spec import PipelineSpec, StageSpec, stage_devices
+from ._spec import (
+    OUTPUTS,
+    START_METHODS,
+    ProcessSpec,
+    ShutdownPolicy,
+    env_problem,
+    target_problem,
+)
 
 T = TypeVar("T")
+
+MAX_FILE_BYTES = 1024 * 1024  # a pipeline file larger than this is refused
+MAX_DEPTH = 32  # arrays and tables nested deeper than this (from the file's root)
+MAX_REPLICAS = 1024  # children of one stage
+MAX_CHILDREN = 4096  # children of the whole pipeline
 
 PIPELINE_KEYS = (
     "name",
@@ -95,13 +116,15 @@ class _Table:
         )
 
     def seconds(self, key: str, default: float | None) -> float | None:
-        """A number of seconds >= 0, or the string "none" for no limit."""
+        """A finite number of seconds >= 0, or the string "none" for no limit."""
         value: Any = self.get(
             key,
             lambda v: v == "none" or (_is_number(v) and v >= 0),
             'a number of seconds >= 0 (or "none")',
             default,
         )
+        if value != "none" and value is not None and math.isinf(value):
+            self.fail(key, 'must be a finite number of seconds; for no limit, write "none"')
         return None if value == "none" else value
 
     def table(self, key: str) -> Mapping[str, Any]:
@@ -132,14 +155,18 @@ def _shutdown(parent: _Table) -> ShutdownPolicy | None:
     )
     values: dict[str, float] = {}
     for key in SHUTDOWN_KEYS:
-        value = table.seconds(key, getattr(ShutdownPolicy, key))
-        if value is None:
-            table.fail(key, "must be a number of seconds; teardown is always bounded")
+        value = table.get(
+            key,
+            lambda v: _is_number(v) and 0 <= v < math.inf,
+            "a finite number of seconds >= 0 (teardown is always bounded)",
+            getattr(ShutdownPolicy, key),
+        )
         values[key] = value
     return ShutdownPolicy(**values)
 
 
-def _stage(path: Path, data: Any, index: int, defaults: _Table) -> StageSpec:
+def _stage(path: Path, data: Any, index: int, defaults: _Table, children: int) -> StageSpec:
+    """Stage number ``index`` of the file; ``children`` is the count of the stages before."""
     if not isinstance(data, dict):
         raise ConfigError(path, f"[[stage]] number {index + 1} must be a table")
     name = data.get("name")
@@ -149,7 +176,21 @@ def _stage(path: Path, data: Any, index: int, defaults: _Table) -> StageSpec:
     target = table.string("target")
     if target is None:
         table.fail("target", "is required: a 'module:qualname' string, e.g. 'mypkg.engine:run'")
-    replicas = table.get("replicas", lambda v: type(v) is int and v >= 1, "an integer >= 1", 1)
+    problem = target_problem(target)
+    if problem is not None:
+        table.fail("target", problem)
+    replicas = table.get(
+        "replicas",
+        lambda v: type(v) is int and 1 <= v <= MAX_REPLICAS,
+        f"an integer >= 1 (at most {MAX_REPLICAS} per stage)",
+        1,
+    )
+    if children + replicas > MAX_CHILDREN:
+        table.fail(
+            "replicas",
+            f"would bring the pipeline to {children + replicas} children; "
+            f"at most {MAX_CHILDREN} in total",
+        )
     rank_kwarg = table.string("rank_kwarg")
     kwargs = dict(table.table("kwargs"))
     if rank_kwarg is not None and rank_kwarg in kwargs:
@@ -170,6 +211,18 @@ def _stage(path: Path, data: Any, index: int, defaults: _Table) -> StageSpec:
         "a list of device indexes or ids",
         [],
     )
+    try:
+        stage_devices(devices)
+    except ValueError as exc:
+        table.fail("devices", str(exc))
+    after = table.string_list("after")
+    if name in after:
+        table.fail("after", "a stage cannot start after itself")
+    env = table.table("env")
+    problem = env_problem(env)
+    if problem is not None:
+        table.fail("env", problem)
+    shutdown = _shutdown(table)
     specs = []
     try:
         for rank in range(replicas):
@@ -184,27 +237,23 @@ def _stage(path: Path, data: Any, index: int, defaults: _Table) -> StageSpec:
                     output=output,
                 )
             )
-        return StageSpec(
-            name,
-            specs,
-            devices=devices,
-            after=table.string_list("after"),
-            env=table.table("env"),
-            shutdown=_shutdown(table),
-        )
-    except ValueError as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(path, str(exc), stage=name) from None
+        return StageSpec(name, specs, devices=devices, after=after, env=env, shutdown=shutdown)
+    except ValueError as exc:  # what the keys above did not catch: say it once
+        message = re.sub(rf"^(stage {re.escape(repr(name))}|ProcessSpec '[^']*'): ", "", str(exc))
+        raise ConfigError(path, message, stage=name) from None
 
 
 def parse_pipeline(text: str, path: Path) -> PipelineSpec:
     """Build a PipelineSpec from TOML ``text``; ``path`` is used in messages and for
     resolving a relative ``lock_dir``."""
+    _check_nesting(text, path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, f"invalid TOML: {exc}") from None
+    except RecursionError:  # the scan above missed a nesting: still one line
+        raise ConfigError(path, f"values nested deeper than {MAX_DEPTH} levels") from None
+    _check_depth(path, data)
     top = _Table(path, data, TOP_KEYS).table("pipeline")
     pipeline = _Table(path, top, PIPELINE_KEYS, prefix="pipeline.")
     pipeline.get(
@@ -213,7 +262,11 @@ def parse_pipeline(text: str, path: Path) -> PipelineSpec:
     stages_data = data.get("stage")
     if not isinstance(stages_data, list) or not stages_data:
         raise ConfigError(path, "no stages: add at least one [[stage]] table")
-    stages = [_stage(path, item, index, pipeline) for index, item in enumerate(stages_data)]
+    stages: list[StageSpec] = []
+    children = 0
+    for index, item in enumerate(stages_data):
+        stages.append(_stage(path, item, index, pipeline, children))
+        children += len(stages[-1].specs)
     device_env = pipeline.get(
         "device_env",
         lambda v: (
@@ -224,18 +277,22 @@ def parse_pipeline(text: str, path: Path) -> PipelineSpec:
     )
     lock_dir = pipeline.string("lock_dir")
     prefetch = [path.parent / item for item in pipeline.string_list("prefetch")]
+    name = pipeline.string("name", path.stem) or path.stem
+    device_lock_timeout = pipeline.seconds("device_lock_timeout", 600.0)
+    shutdown = _shutdown(pipeline)
+    preload = pipeline.string_list("preload")
     try:
         return PipelineSpec(
             stages,
-            name=pipeline.string("name", path.stem) or path.stem,
+            name=name,
             device_env=device_env,
             lock_dir=(path.parent / lock_dir) if lock_dir is not None else None,
-            device_lock_timeout=pipeline.seconds("device_lock_timeout", 600.0),
-            shutdown=_shutdown(pipeline),
-            preload=pipeline.string_list("preload"),
+            device_lock_timeout=device_lock_timeout,
+            shutdown=shutdown,
+            preload=preload,
             prefetch=prefetch,
         )
-    except ValueError as exc:
+    except ValueError as exc:  # only the PipelineSpec's own checks (stages as a whole)
         raise ConfigError(path, str(exc)) from None
 
 
@@ -246,13 +303,34 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
     the first problem; nothing is started.
     """
     path = Path(path)
+    return parse_pipeline(_read(path), path)
+
+
+def _read(path: Path) -> str:
+    """The text of a regular file of at most MAX_FILE_BYTES; anything else is refused
+    before it is read (a FIFO or a device would block or never end)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(path, "no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, f"cannot be read: {exc}") from None
-    return parse_pipeline(text, path)
+    except OSError as exc:
+        raise ConfigError(path, f"cannot be read: {exc.strerror}") from None
+    with open(fd, "rb", closefd=True) as file:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kinds = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}
+            kind = kinds.get(stat.S_IFMT(mode), "a device")
+            raise ConfigError(path, f"is {kind}, not a regular file")
+        try:
+            data = file.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(path, f"cannot be read: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(path, f"is larger than {MAX_FILE_BYTES // 1024} KiB: not a pipeline file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"cannot be read: not UTF-8 ({exc})") from None
 
 
 def missing_targets(spec: PipelineSpec) -> list[str]:
@@ -270,7 +348,13 @@ def missing_targets(spec: PipelineSpec) -> list[str]:
             try:
                 found = importlib.util.find_spec(module) is not None
             except (ImportError, ValueError) as exc:
-                found, why = False, f" ({type(exc).__name__}: {exc})"
+                found, why = False, f" ({_one_line(exc)})"
+            except (Exception, SystemExit) as exc:  # a parent package raised at import
+                problems.append(
+                    f"stage {stage.name!r}: key 'target': importing the package of "
+                    f"{module!r} (for {target!r}) raised {_one_line(exc)}"
+                )
+                continue
             else:
                 why = ""
             if not found:
@@ -279,3 +363,98 @@ def missing_targets(spec: PipelineSpec) -> list[str]:
                     f"cannot be found{why}"
                 )
     return problems
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+# Strings and comments are skipped, so that only brackets that open values count.
+_TOKENS = re.compile(
+    r'"""(?:[^\\]|\\.)*?"""|\'\'\'.*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*|[\[\]{}=\n]',
+    re.S,
+)
+
+
+def _check_nesting(text: str, path: Path) -> None:
+    """Refuse a value nested deeper than MAX_DEPTH before tomllib recurses into it
+    (a few thousand levels exhaust its recursion), naming its stage and key."""
+    depth, pos, line_start, header, key, key_at = 0, 0, 0, "", "", 0
+    while match := _TOKENS.search(text, pos):
+        token, pos = match.group(), match.end()
+        if token == "\n":
+            if depth == 0:
+                line_start = pos
+        elif token in ("[", "{"):
+            if depth == 0 and token == "[" and not text[line_start : match.start()].strip():
+                end = text.find("\n", pos)
+                end = len(text) if end < 0 else end
+                header = text[match.start() : end].split("#")[0].strip().strip("[]").strip()
+                pos = end  # a [table] header, not a value
+                continue
+            depth += 1
+            if depth > MAX_DEPTH:
+                _too_deep(path, text[:key_at], header, key)
+        elif token in ("]", "}"):
+            depth = max(depth - 1, 0)
+        elif token == "=" and depth == 0:
+            key, key_at = text[line_start : match.start()].strip(), line_start
+
+
+def _too_deep(path: Path, before: str, header: str, key: str) -> NoReturn:
+    stage: str | None = None
+    if header == "stage" or header.startswith("stage."):
+        try:  # everything before the key's line is complete TOML: find the stage's name
+            stages = tomllib.loads(before).get("stage")
+            name = stages[-1].get("name") if isinstance(stages, list) and stages else None
+            stage = name if isinstance(name, str) else None
+        except (tomllib.TOMLDecodeError, AttributeError, RecursionError):
+            pass
+        header = header[len("stage.") :] if header != "stage" else ""
+    key = f"{header}.{key}" if header else key
+    raise ConfigError(path, f"nested deeper than {MAX_DEPTH} levels", stage=stage, key=key)
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """True if ``value`` nests arrays/tables more than ``limit`` levels (no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: list[object] = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _check_depth(path: Path, data: dict[str, Any]) -> None:
+    """Refuse values nested deeper than MAX_DEPTH from the file's root, naming the
+    stage and key (dotted keys nest without brackets, so the text scan cannot see it)."""
+    for key, value in data.items():
+        if key == "stage" and isinstance(value, list):
+            for item in value:
+                if not isinstance(item, dict):
+                    continue
+                name = item.get("name")
+                for sub, child in item.items():
+                    if _deeper_than(child, MAX_DEPTH - 2):
+                        raise ConfigError(
+                            path,
+                            f"nested deeper than {MAX_DEPTH} levels",
+                            stage=name if isinstance(name, str) else None,
+                            key=sub,
+                        )
+        elif key == "pipeline" and isinstance(value, dict):
+            for sub, child in value.items():
+                if _deeper_than(child, MAX_DEPTH - 1):
+                    raise ConfigError(
+                        path, f"nested deeper than {MAX_DEPTH} levels", key=f"pipeline.{sub}"
+                    )
+        elif _deeper_than(value, MAX_DEPTH):
+            raise ConfigError(path, f"nested deeper than {MAX_DEPTH} levels", key=key)

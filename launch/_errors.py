@@ -11,7 +11,8 @@ TRACEBACK_TAIL_LINES = 12
 
 class ChildFailed(Exception):
     """One child failed. Base of :class:`SpawnFailed`, :class:`ChildCrashed`,
-    :class:`ReadyTimeout` and :class:`ChildDied`.
+    :class:`ReadyTimeout` and :class:`ChildDied` (and, for a stage that could not lock
+    its devices, :class:`DeviceLockError`).
 
     Attributes: ``name``, ``group``, ``pid`` (None if never spawned), ``exitcode``
     (negative: killed by that signal; None: still running when it was declared failed),
@@ -127,15 +128,50 @@ class ChildDied(ChildFailed):
     what = "died after READY"
 
 
-class DeviceLockTimeout(ChildFailed):
+class DeviceLockError(ChildFailed):
+    """A stage could not lock its devices; nothing of it was spawned.
+
+    Raised as itself when the lock directory or a lock file cannot be used (not a
+    directory, no permission, no space, owned by another user, writable by others, a
+    symbolic link, ...), and as its subclass :class:`DeviceLockTimeout` when a device
+    stays held too long. ``name`` and ``group`` are the stage's name, ``path`` the
+    directory or lock file at fault, ``device`` the device (``""`` when the directory
+    is at fault) and ``reason`` what is wrong with ``path``.
+    """
+
+    what = "could not lock its devices"
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        path: object = None,
+        reason: str = "",
+        device: str = "",
+        failed_at: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            name,
+            group=name,
+            failed_at=time.monotonic() if failed_at is None else failed_at,
+            **kwargs,
+        )
+        self.path = path
+        self.reason = reason
+        self.device = device
+
+    def summary(self) -> str:
+        return f"stage {self.name!r} cannot lock its devices: {self.path}: {self.reason}"
+
+
+class DeviceLockTimeout(DeviceLockError):
     """A stage could not lock its devices in time; nothing of it was spawned.
 
     ``name`` and ``group`` are the stage's name; ``device`` is the device it was
     waiting for, ``holder`` the pid that holds that device's lock (None if unknown),
     ``path`` the lock file.
     """
-
-    what = "could not lock its devices"
 
     def __init__(
         self,
@@ -148,14 +184,9 @@ class DeviceLockTimeout(ChildFailed):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            name,
-            group=name,
-            failed_at=time.monotonic() if failed_at is None else failed_at,
-            **kwargs,
+            name, path=path, reason="timed out", device=device, failed_at=failed_at, **kwargs
         )
-        self.device = device
         self.holder = holder
-        self.path = path
 
     def summary(self) -> str:
         who = "an unknown process" if self.holder is None else f"pid {self.holder}"

@@ -8,8 +8,10 @@ started by :func:`prewarm` or by the first ``forkserver`` child, stopped at exit
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -19,10 +21,14 @@ from typing import Any
 
 from _launch_child._forkserver import CUDA_REFUSED
 
+from ._fds import own_fd, own_socket
 from ._interpreter import child_interpreter_argv
 from ._lock import LAUNCH_LOCK
 
+logger = logging.getLogger("launch")
+
 _STOP_TIMEOUT_S = 2.0
+_DEATHS_KEPT = 16
 
 
 class ForkserverError(RuntimeError):
@@ -31,7 +37,12 @@ class ForkserverError(RuntimeError):
 
 
 class ForkServer:
-    """A forkserver process and the socket to it. Thread-safe; blocking calls."""
+    """A forkserver process and the socket to it. Thread-safe; blocking calls.
+
+    A server that died (the OOM killer, a stray signal) is noticed at the next request
+    (its exit, or its socket breaking) and replaced by a fresh one, which imports every
+    module requested since the last :meth:`stop` again.
+    """
 
     def __init__(self) -> None:
         self._forget()
@@ -41,15 +52,30 @@ class ForkServer:
         self._lock = threading.Lock()
         self._popen: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
-        self._requested: list[str] = []
+        self._requested: list[str] = []  # every preload asked for since the last stop()
+        self._asked: list[str] = []  # the preloads the running server was asked for
+        self._greeted = False  # the running server was sent its first request
         self._unanswered = 0
         self._error: str | None = None
         self._atexit = False
+        self._deaths: dict[int, str] = {}  # pid of a server gone → how, in words
+        self._last_death: int | None = None
 
     @property
     def pid(self) -> int | None:
         """The server's pid while it runs."""
         return self._popen.pid if self._popen is not None else None
+
+    def death_of(self, pid: int) -> str | None:
+        """How the server that had ``pid`` ended, in words ("was killed by SIGKILL");
+        None while that is not known (it runs, or its exit is not visible yet)."""
+        how = self._deaths.get(pid)
+        popen = self._popen
+        if how is None and popen is not None and popen.pid == pid:
+            code = popen.poll()
+            if code is not None:
+                how = _describe_exit(code)
+        return how
 
     def start(self, preload: Iterable[str] = ()) -> None:
         """Start the server if needed and ask it to import ``preload``; returns at once."""
@@ -57,25 +83,69 @@ class ForkServer:
         for name in modules:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"prewarm: preload entries must be module names, got {name!r}")
-        if self._sock is None:
-            with LAUNCH_LOCK, self._lock:  # starting it is a spawn like any other
-                if self._sock is None:
-                    self._launch()
-                    self._request_preload(modules)
-                    return
+        self._ensure(modules)
+
+    def _ensure(self, modules: list[str]) -> None:
+        """Have a live server that was asked to import ``modules`` and every earlier one."""
         with self._lock:  # not LAUNCH_LOCK: other children spawn while this waits
-            new = [m for m in modules if m not in self._requested]
-            if new:
-                self._request_preload(new)
+            if self._alive() and self._ask(modules):
+                return
+        with LAUNCH_LOCK, self._lock:  # starting it is a spawn like any other
+            if self._alive() and self._ask(modules):
+                return
+            self._launch()
+            if not self._ask(modules):
+                raise ForkserverError(
+                    f"launch's forkserver {self._death_text()} as soon as it was started"
+                )
 
     def _ensure_running(self) -> None:
-        """Start the server if needed: a spawn like any other, so under the launch lock."""
-        if self._sock is not None:
+        self._ensure([])
+
+    def _alive(self) -> bool:
+        """True if the server runs; a dead one is forgotten (under ``_lock``)."""
+        if self._sock is None or self._popen is None:
+            return False
+        if self._popen.poll() is None:
+            return True
+        self._discard()
+        return False
+
+    def _discard(self) -> None:
+        """Forget a server that died or stopped answering, and reap it (under ``_lock``)."""
+        popen, sock = self._popen, self._sock
+        self._popen = self._sock = None
+        self._unanswered = 0
+        if sock is not None:
+            sock.close()
+        if popen is None:
             return
-        with LAUNCH_LOCK, self._lock:
-            if self._sock is None:
-                self._launch()
-                self._request_preload([])
+        code = popen.poll()
+        if code is None:  # its socket broke and it has not exited yet: it serves no one now
+            try:
+                code = popen.wait(_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                try:
+                    code = popen.wait(_STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    logger.error("launch's forkserver (pid %d) survived SIGKILL", popen.pid)
+        how = "is gone" if code is None else _describe_exit(code)
+        if len(self._deaths) >= _DEATHS_KEPT:
+            del self._deaths[next(iter(self._deaths))]
+        self._deaths[popen.pid] = how
+        self._last_death = popen.pid
+        logger.warning(
+            "launch's forkserver (pid %d) %s; the next forkserver child starts a fresh one",
+            popen.pid,
+            how,
+        )
+
+    def _death_text(self) -> str:
+        pid = self._last_death
+        if pid is None:
+            return "is gone"
+        return f"(pid {pid}) {self._deaths.get(pid, 'is gone')}"
 
     def _launch(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -91,31 +161,52 @@ class ForkServer:
             raise
         finally:
             theirs.close()
-        self._sock = ours
-        self._requested = []
+        self._sock = own_socket(ours)
+        self._asked = []
+        self._greeted = False
         self._unanswered = 0
         self._error = None
         if not self._atexit:
             atexit.register(self.stop)
             self._atexit = True
 
-    def _request_preload(self, modules: list[str]) -> None:
+    def _ask(self, modules: list[str]) -> bool:
+        """Ask the running server to import what it was not asked for yet (also every
+        earlier request, if it is a fresh one); False if it is gone (it is forgotten)."""
         assert self._sock is not None
-        self._sock.send(pickle.dumps(("preload", modules, list(sys.path), os.getcwd())))
-        self._requested.extend(modules)
+        wanted = list(dict.fromkeys([*self._requested, *modules]))
+        new = [m for m in wanted if m not in self._asked]
+        if not new and self._greeted:
+            return True
+        try:
+            self._sock.send(pickle.dumps(("preload", new, list(sys.path), os.getcwd())))
+        except OSError:
+            self._discard()
+            return False
+        self._requested = wanted
+        self._asked.extend(new)
+        self._greeted = True
         self._unanswered += 1
+        return True
 
-    def _recv(self) -> tuple[Any, ...]:
+    def _recv(self, doing: str) -> tuple[Any, ...]:
         assert self._sock is not None
-        data = self._sock.recv(1 << 16)
+        try:
+            data = self._sock.recv(1 << 16)
+        except OSError:
+            data = b""
         if not data:
-            raise ForkserverError("launch's forkserver exited unexpectedly")
+            self._discard()
+            raise ForkserverError(
+                f"launch's forkserver {self._death_text()} while {doing}; "
+                "the next forkserver child starts a fresh one"
+            )
         reply: tuple[Any, ...] = pickle.loads(data)
         return reply
 
     def _drain_warm(self) -> None:
         while self._unanswered:
-            kind, error = self._recv()
+            kind, error = self._recv(f"importing its preload modules {self._asked}")
             assert kind == "warm", kind
             self._unanswered -= 1
             if error is not None:
@@ -129,6 +220,8 @@ class ForkServer:
         """Block until every requested preload has been imported by the server."""
         self._ensure_running()
         with self._lock:  # held while the server imports; never waits for LAUNCH_LOCK
+            if self._sock is None:  # it died since: the fork starts a fresh one
+                return
             self._drain_warm()
 
     def fork(
@@ -137,32 +230,45 @@ class ForkServer:
         """Fork a child that runs the bootstrap on ``control_fd``; returns (pid, status fd).
 
         ``output_fds`` (two write ends, or none) become the child's stdout and stderr.
-        Called under LAUNCH_LOCK.
+        Called under LAUNCH_LOCK. A server found dead is replaced first; one that dies
+        before it has read the request is replaced and asked again (its preloads are then
+        imported under the launch lock: rare, and better than a failed spawn). One that
+        dies after reading it may have forked: that spawn fails (the control socket
+        closes, so such a child exits) and the next one starts a fresh server.
         """
-        self._ensure_running()
-        with self._lock:
-            self._drain_warm()
-            status_r, status_w = os.pipe()
-            try:
-                socket.send_fds(
-                    self._sock,  # type: ignore[arg-type]
-                    [pickle.dumps(("fork", parent_pid))],
-                    [control_fd, status_w, *output_fds],
-                )
-                kind, pid = self._recv()
-            except BaseException:
-                os.close(status_r)
-                raise
-            finally:
-                os.close(status_w)
-            if kind == "refused":
-                os.close(status_r)
-                raise ForkserverError(str(pid).removeprefix(CUDA_REFUSED))
-            assert kind == "forked", kind
-            return pid, status_r
+        for _ in range(2):
+            self._ensure_running()
+            with self._lock:
+                if self._sock is None:
+                    continue
+                self._drain_warm()
+                status_r, status_w = os.pipe()
+                try:
+                    try:
+                        socket.send_fds(
+                            self._sock,
+                            [pickle.dumps(("fork", parent_pid))],
+                            [control_fd, status_w, *output_fds],
+                        )
+                    except OSError:  # it never read the request
+                        self._discard()
+                        os.close(status_r)
+                        continue
+                    kind, pid = self._recv("forking a child")
+                except BaseException:
+                    os.close(status_r)
+                    raise
+                finally:
+                    os.close(status_w)
+                if kind == "refused":
+                    os.close(status_r)
+                    raise ForkserverError(str(pid).removeprefix(CUDA_REFUSED))
+                assert kind == "forked", kind
+                return pid, own_fd(status_r)
+        raise ForkserverError(f"launch's forkserver {self._death_text()} twice in a row")
 
     def stop(self) -> None:
-        """Close the server's socket (it exits on EOF) and reap it."""
+        """Close the server's socket (it exits on EOF) and reap it; forget its preloads."""
         sock = self._sock
         if sock is not None:
             try:
@@ -174,12 +280,26 @@ class ForkServer:
                 self._sock.close()
                 self._sock = None
             popen, self._popen = self._popen, None
+            self._requested = []
+            self._asked = []
+            self._unanswered = 0
+            self._error = None
         if popen is not None:
             try:
-                popen.wait(_STOP_TIMEOUT_S)
+                code = popen.wait(_STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 popen.kill()
-                popen.wait()
+                code = popen.wait()
+            self._deaths[popen.pid] = "was stopped" if code == 0 else _describe_exit(code)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 FORKSERVER = ForkServer()

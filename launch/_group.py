@@ -19,9 +19,8 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
-from anyio.abc import TaskStatus
 
-from ._channel import ControlChannel
+from ._channel import ControlChannel, ProtocolError
 from ._child import Child, ChildState
 from ._errors import (
     ChildCrashed,
@@ -33,7 +32,7 @@ from ._errors import (
 )
 from ._forkserver import FORKSERVER, ForkserverError
 from ._output import OutputPump
-from ._spawn import build_boot, spawn
+from ._spawn import build_boot, spawn, spawn_failed
 from ._spec import ProcessSpec, ShutdownPolicy, validate_group
 from ._teardown import Unreaped, teardown
 from ._timeline import Timeline, group_timeline
@@ -114,16 +113,15 @@ class Group:
             remote_message=report.message if report is not None else None,
             spawned_at=child.times.spawned,
             failed_at=time.monotonic(),
-            detail=detail,
+            detail=", ".join(part for part in (detail, child._exit_note) if part),
             output_tail=child.output_tail or None,
         )
 
     # --- the task tree ---
 
-    async def _watch(self, child: Child, *, task_status: TaskStatus[None]) -> None:
+    async def _watch(self, child: Child) -> None:
         """Own one child's process from spawn to reap; report a death after READY."""
         with child._watch_scope:
-            task_status.started()
             try:
                 await child._spawn_done.wait()
                 process, channel = child._process, child._channel
@@ -156,8 +154,18 @@ class Group:
             self._fail(self._failure(ChildDied, child))
 
     async def _read(self, child: Child, channel: ControlChannel) -> None:
-        while (message := await channel.receive()) is not None:
-            child._handle(message)
+        try:
+            while (message := await channel.receive()) is not None:
+                child._handle(message)
+        except ProtocolError as exc:
+            # Nothing more of its stream can be trusted: fail the child, unless it is
+            # failing already or is being stopped, and let the teardown stop it (the
+            # socket stays open for the cooperative stop).
+            failing = child._error is not None or child._payload_error is not None
+            failed = child.name in {failure.name for failure in self.failures}
+            if not failing and not failed and not self._stopping:
+                cls = ChildDied if child.ready else ChildCrashed
+                self._fail(self._failure(cls, child, detail=f"protocol error: {exc}"))
         child._eof.set()
 
     async def _start(self, child: Child) -> None:
@@ -172,6 +180,10 @@ class Group:
                 except ForkserverError as exc:
                     raise SpawnFailed(
                         child.name, group=self.name, failed_at=time.monotonic(), detail=str(exc)
+                    ) from exc
+                except OSError as exc:  # starting the server: out of fds, say
+                    raise spawn_failed(
+                        spec, self.name, exc, "starting launch's forkserver"
                     ) from exc
             child.times.spawn_requested = time.monotonic()
 
@@ -244,11 +256,18 @@ async def _run_group(group: Group) -> AsyncIterator[Group]:
     unwrapped: BaseException | None = None
     if group.started_at is None:  # a pipeline's stage keeps the pipeline's start
         group.started_at = time.monotonic()
+    # A cancel that is already pending wins before anything is spawned.
+    await anyio.lowlevel.checkpoint()
     try:
         async with anyio.create_task_group() as tg:
             try:
+                # start_soon, not start: a start() cancelled before the shielded watcher
+                # reported would wait for that watcher, which waits for the teardown
+                # below (trio leaves it in the cancelled start nursery; anyio's asyncio
+                # start waits for it). Both backends run a new task's first step, which
+                # enters the shield, before they deliver a cancel to it.
                 for child in group.children:
-                    await tg.start(group._watch, child)
+                    tg.start_soon(group._watch, child, name=f"watch {group.name}/{child.name}")
                 await group._startup()
                 if not group.failures:
                     with anyio.CancelScope() as group._body_scope:

@@ -28,7 +28,7 @@ import anyio
 
 from ._child import Child
 from ._devicelock import acquire_device_locks, default_lock_dir
-from ._errors import ChildFailed, DeviceLockTimeout, LaunchFailed, raise_failures
+from ._errors import ChildFailed, DeviceLockError, LaunchFailed, raise_failures
 from ._forkserver import FORKSERVER
 from ._group import Group, _run_group
 from ._pipeline_spec import PipelineSpec, StageSpec
@@ -156,7 +156,7 @@ class Pipeline:
                     await self._stop.wait()
             finally:
                 locks.release()
-        except DeviceLockTimeout as exc:
+        except DeviceLockError as exc:  # a timeout, or an unusable lock dir or file
             self._fail(exc)
         except LaunchFailed:
             pass  # the group's failures are collected below, cancelled or not

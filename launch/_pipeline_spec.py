@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from ._spec import ProcessSpec, ShutdownPolicy, _check_timeout, validate_group
+from ._spec import (
+    ProcessSpec,
+    ShutdownPolicy,
+    _check_timeout,
+    env_name_ok,
+    env_problem,
+    validate_group,
+)
 
 DEVICE_ENV_VARS: tuple[str, ...] = (
     "CUDA_VISIBLE_DEVICES",
@@ -18,31 +24,27 @@ DEVICE_ENV_VARS: tuple[str, ...] = (
     "ZE_AFFINITY_MASK",
     "TPU_VISIBLE_CHIPS",
 )
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _check_env(owner: str, key: str, env: Mapping[str, str]) -> None:
-    if not isinstance(env, Mapping):
-        raise ValueError(f"{owner}: {key} must be a mapping of str to str")
-    for name, value in env.items():
-        if not isinstance(name, str) or not _ENV_NAME.match(name):
-            raise ValueError(f"{owner}: {key} has an invalid variable name {name!r}")
-        if not isinstance(value, str) or "\0" in value:
-            raise ValueError(
-                f"{owner}: {key}[{name!r}] must be a string, got {type(value).__name__} {value!r}"
-            )
-
-
-def _device_id(owner: str, device: object) -> str:
-    if isinstance(device, bool) or not isinstance(device, int | str):
-        raise ValueError(f"{owner}: device {device!r} must be an int index or a string id")
-    if isinstance(device, int):
-        if device < 0:
-            raise ValueError(f"{owner}: device index must be >= 0, got {device}")
-        return str(device)
-    if not device or "," in device or device != device.strip():
-        raise ValueError(f"{owner}: device id {device!r} must be non-empty, without commas")
-    return device
+def stage_devices(devices: object) -> tuple[str, ...]:
+    """``devices`` as a tuple of device ids; raises ValueError saying what is wrong
+    (the caller adds whose devices they are)."""
+    if isinstance(devices, int | str) or not isinstance(devices, Iterable):
+        raise ValueError(f"devices must be a list, e.g. devices=({devices!r},)")
+    out = []
+    for device in devices:
+        if isinstance(device, bool) or not isinstance(device, int | str):
+            raise ValueError(f"device {device!r} must be an int index or a string id")
+        if isinstance(device, int):
+            if device < 0:
+                raise ValueError(f"device index must be >= 0, got {device}")
+            device = str(device)
+        elif not device or "," in device or device != device.strip():
+            raise ValueError(f"device id {device!r} must be non-empty, without commas")
+        out.append(device)
+    if len(set(out)) != len(out):
+        raise ValueError(f"devices {out} lists a device twice")
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,10 @@ class StageSpec:
             raise ValueError(f"StageSpec name must be a non-empty string, got {self.name!r}")
         owner = f"stage {self.name!r}"
         object.__setattr__(self, "specs", validate_group(self.specs, self.name))
-        if isinstance(self.devices, int | str):
-            raise ValueError(f"{owner}: devices must be a list, e.g. devices=({self.devices!r},)")
-        devices = tuple(_device_id(owner, d) for d in self.devices)
-        if len(set(devices)) != len(devices):
-            raise ValueError(f"{owner}: devices {list(devices)} lists a device twice")
+        try:
+            devices = stage_devices(self.devices)
+        except ValueError as exc:
+            raise ValueError(f"{owner}: {exc}") from None
         object.__setattr__(self, "devices", devices)
         after = (self.after,) if isinstance(self.after, str) else tuple(self.after)
         for dep in after:
@@ -83,7 +84,9 @@ class StageSpec:
         if self.name in after:
             raise ValueError(f"{owner}: a stage cannot start after itself")
         object.__setattr__(self, "after", after)
-        _check_env(owner, "env", self.env)
+        problem = env_problem(self.env)
+        if problem is not None:
+            raise ValueError(f"{owner}: {problem}")
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         if self.shutdown is not None and not isinstance(self.shutdown, ShutdownPolicy):
             raise ValueError(f"{owner}: shutdown must be a ShutdownPolicy")
@@ -96,7 +99,9 @@ class PipelineSpec:
     Stages start concurrently except where ``after`` orders them. ``device_env`` is the
     variable (or variables) that carries a stage's devices into its children: e.g.
     ``"CUDA_VISIBLE_DEVICES"``, ``("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")``.
-    ``lock_dir`` holds the device lock files (default: see ``default_lock_dir``);
+    ``lock_dir`` holds the device lock files (default: a private per-user directory);
+    one given here must be owned by this user or root and, if group/other-writable,
+    sticky, or the stage fails with :class:`launch.DeviceLockError`;
     ``device_lock_timeout`` bounds the wait for a device another stage or process holds
     (``None``: wait as long as it takes). ``shutdown`` applies to stages without their own.
 
@@ -148,7 +153,7 @@ class PipelineSpec:
         object.__setattr__(self, "stages", stages)
         env_vars = (self.device_env,) if isinstance(self.device_env, str) else self.device_env
         env_vars = tuple(env_vars)
-        if not env_vars or not all(isinstance(v, str) and _ENV_NAME.match(v) for v in env_vars):
+        if not env_vars or not all(env_name_ok(v) for v in env_vars):
             raise ValueError(f"{owner}: device_env must name environment variables")
         object.__setattr__(self, "device_env", env_vars)
         if self.lock_dir is not None:

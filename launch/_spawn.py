@@ -7,8 +7,10 @@ imports, its init, the READY handshake) happens outside it, concurrently.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import resource
 import socket
 import subprocess
 import sys
@@ -17,9 +19,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from _launch_child._bootstrap import fork_main
 from _launch_child._protocol import Boot, encode
+from _launch_child._tree import load_prctl
 
 from ._errors import SpawnFailed
+from ._fds import FORK_GUARD, close_fd, close_in_forked_child, own_fd, own_socket
 from ._forkserver import FORKSERVER, ForkserverError
 from ._interpreter import child_interpreter_argv
 from ._lock import LAUNCH_LOCK
@@ -114,23 +119,34 @@ def _start_spawn(fd: int, out: tuple[int, ...]) -> ProcessHandle:
     return DirectProcess(popen.pid, popen)
 
 
-def _start_fork(
-    fd: int, parent_fd: int, out: tuple[int, ...], close: tuple[int, ...]
-) -> ProcessHandle:
+def _start_fork(fd: int, out: tuple[int, ...]) -> ProcessHandle:
     parent_pid = os.getpid()
-    pid = os.fork()
+    try:
+        load_prctl()  # once here rather than in every forked child (no process state)
+    except Exception:
+        pass
+    with FORK_GUARD:  # never between another thread's open and registration of an fd
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
-        os.close(parent_fd)
-        for target, source in zip((1, 2), out, strict=False):
-            os.dup2(source, target)
-        for unused in (*out, *close):
-            os.close(unused)
-        if out:  # the parent's sys.stdout may not write to fd 1 (a test runner's capture)
-            sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
-            sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-        from _launch_child._bootstrap import fork_main
-
-        fork_main(fd, parent_pid)
+        try:  # never unwind into the parent's stack (this thread's copy of it)
+            # First: none of launch's fds (siblings' sockets, pidfds, output pipes, device
+            # locks, the forkserver's socket) may live on in this child.
+            close_in_forked_child(keep=(fd, *out))
+            for target, source in zip((1, 2), out, strict=False):
+                os.dup2(source, target)
+            for unused in out:
+                os.close(unused)
+            # Fresh streams on fds 1 and 2: the parent's may not write to them (a test
+            # runner's capture, a StringIO), and their unflushed bytes are the parent's.
+            for name, stream_fd in (("stdout", 1), ("stderr", 2)):
+                try:
+                    stream = open(stream_fd, "w", buffering=1, closefd=False)  # noqa: SIM115
+                except OSError:
+                    stream = open(os.devnull, "w")  # noqa: SIM115
+                setattr(sys, name, stream)
+            fork_main(fd, parent_pid)
+        finally:
+            os._exit(1)
     return DirectProcess(pid)
 
 
@@ -139,46 +155,94 @@ def _start_forkserver(fd: int, out: tuple[int, ...]) -> ProcessHandle:
     return ForkserverProcess(pid, status_fd)
 
 
+def _fd_shortage(exc: BaseException) -> str | None:
+    """Words for a spawn that failed for want of file descriptors, naming the limit."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    if cause.errno == errno.EMFILE:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return (
+            f"this process is out of file descriptors: its RLIMIT_NOFILE soft limit is "
+            f"{soft} (hard limit {hard}); raise it (ulimit -n, resource.setrlimit) or close "
+            "fds (each child needs about four while it starts)"
+        )
+    if cause.errno == errno.ENFILE:
+        return "the system is out of file descriptors (ENFILE: the fs.file-max limit)"
+    return None
+
+
+def spawn_failed(spec: ProcessSpec, group: str, exc: Exception, doing: str) -> SpawnFailed:
+    """A :class:`SpawnFailed` for ``exc``, raised while ``doing``; an fd shortage is named
+    with its limit."""
+    shortage = _fd_shortage(exc)
+    if shortage is not None:
+        detail = f"{doing} failed: {shortage}"
+    else:
+        detail = doing + " failed"
+        if isinstance(exc, ForkserverError) and str(exc):
+            detail += f"\n{exc}"
+    return SpawnFailed(
+        spec.name,
+        group=group,
+        failed_at=time.monotonic(),
+        remote_type=type(exc).__qualname__,
+        remote_message=str(exc).splitlines()[0] if str(exc) else None,
+        detail=detail,
+    )
+
+
+def _channel_fds(
+    output: bool,
+) -> tuple[socket.socket, socket.socket, tuple[int, ...], tuple[int, ...]]:
+    """The control socketpair and (``output``) the stdout/stderr pipes, registered with
+    launch's fd registry as they are made."""
+    parent_sock, child_sock = (own_socket(sock) for sock in socket.socketpair())
+    made: list[int] = []
+    try:
+        for _ in range(2 if output else 0):
+            read_end, write_end = os.pipe()
+            made += [own_fd(read_end), own_fd(write_end)]
+    except BaseException:
+        parent_sock.close()
+        child_sock.close()
+        for fd in made:
+            close_fd(fd)
+        raise
+    return parent_sock, child_sock, tuple(made[0::2]), tuple(made[1::2])
+
+
 def spawn(spec: ProcessSpec, group: str, overlay: Mapping[str, str] | None = None) -> Spawned:
     """Start one child (blocking: run it in a worker thread). Raises :class:`SpawnFailed`."""
-    parent_sock, child_sock = socket.socketpair()
-    readers: tuple[int, ...] = ()
-    writers: tuple[int, ...] = ()
-    if spec.output == "prefix":
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        readers, writers = (out_r, err_r), (out_w, err_w)
     requested = time.monotonic()
-    try:
-        with LAUNCH_LOCK:
-            acquired = time.monotonic()
+    with LAUNCH_LOCK:
+        acquired = time.monotonic()
+        # Made under the launch lock, as every fork is: a sibling forked by another
+        # thread cannot inherit them in the instant before they are registered.
+        try:
+            parent_sock, child_sock, readers, writers = _channel_fds(spec.output == "prefix")
+        except OSError as exc:
+            raise spawn_failed(spec, group, exc, "creating its control socket") from exc
+        try:
             with env_overlay(overlay):
                 if spec.start_method == "spawn":
                     process = _start_spawn(child_sock.fileno(), writers)
                 elif spec.start_method == "fork":
-                    process = _start_fork(
-                        child_sock.fileno(), parent_sock.fileno(), writers, readers
-                    )
+                    process = _start_fork(child_sock.fileno(), writers)
                 else:
                     process = _start_forkserver(child_sock.fileno(), writers)
-    except BaseException as exc:
-        parent_sock.close()
-        for fd in readers:
-            os.close(fd)
-        if not isinstance(exc, Exception):
-            raise
-        detail = str(exc) if isinstance(exc, ForkserverError) else ""
-        raise SpawnFailed(
-            spec.name,
-            group=group,
-            failed_at=time.monotonic(),
-            remote_type=type(exc).__qualname__,
-            remote_message=str(exc).splitlines()[0] if str(exc) else None,
-            detail=f"{spec.start_method} failed" + (f"\n{detail}" if detail else ""),
-        ) from exc
-    finally:
-        child_sock.close()
-        for fd in writers:
-            os.close(fd)
+        except BaseException as exc:
+            parent_sock.close()
+            for fd in readers:
+                close_fd(fd)
+            if not isinstance(exc, Exception):
+                raise
+            raise spawn_failed(spec, group, exc, spec.start_method) from exc
+        finally:
+            child_sock.close()
+            for fd in writers:
+                close_fd(fd)
     output = (readers[0], readers[1]) if readers else None
     return Spawned(process, parent_sock, acquired - requested, time.monotonic(), output)

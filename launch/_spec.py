@@ -26,6 +26,48 @@ def _check_timeout(owner: str, key: str, value: float | None, *, allow_none: boo
         raise ValueError(f"{owner}: {key} must be a number of seconds, got {value!r}")
     if math.isnan(value) or value < 0:
         raise ValueError(f"{owner}: {key} must be >= 0, got {value!r}")
+    if math.isinf(value):
+        hint = "use None for no limit" if allow_none else "a teardown is always bounded"
+        raise ValueError(f"{owner}: {key} must be a finite number of seconds ({hint})")
+
+
+def env_name_ok(name: object) -> bool:
+    """The one rule for an environment variable name launch sets (``ProcessSpec.env``,
+    ``StageSpec.env``, ``device_env``): a non-empty printable string without ``=`` or
+    whitespace. Names a shell cannot export (``MY-VAR``) are allowed, as the OS allows
+    them; ``=``, NUL and spaces are not."""
+    return (
+        isinstance(name, str)
+        and bool(name)
+        and name.isprintable()
+        and "=" not in name
+        and not any(c.isspace() for c in name)
+    )
+
+
+def env_problem(env: object, key: str = "env") -> str | None:
+    """What is wrong with ``env`` as a mapping of variable names to strings, as a
+    phrase that starts with ``key`` (e.g. ``"env['N'] must be a string, got int 1"``);
+    None if nothing is."""
+    if not isinstance(env, Mapping):
+        return f"{key} must be a mapping of str to str, got {type(env).__name__}"
+    for name, value in env.items():
+        if not env_name_ok(name):
+            return (
+                f"{key} key {name!r} is not a valid variable name "
+                "(a non-empty printable string without '=' or whitespace)"
+            )
+        if not isinstance(value, str) or "\0" in value:
+            what = "a string" if not isinstance(value, str) else "a string without NUL"
+            return f"{key}[{name!r}] must be {what}, got {type(value).__name__} {value!r}"
+    return None
+
+
+def target_problem(target: str) -> str | None:
+    """Why a target string is not ``"module:qualname"``, or None."""
+    if _TARGET_RE.match(target):
+        return None
+    return f"{target!r} is not of the form 'module:qualname' (e.g. 'mypkg.engine:run')"
 
 
 @dataclass(frozen=True)
@@ -35,7 +77,9 @@ class ProcessSpec:
     ``target`` is a ``"module:qualname"`` string (preferred: it is imported inside the
     child after ``env`` is applied) or a picklable callable. ``kwargs`` are pickled in
     the parent; ``env`` is applied inside the child before the target is imported;
-    ``ready_timeout`` counts from the spawn to READY (``None``: no deadline).
+    ``ready_timeout`` counts from the spawn to READY (``None``: no deadline; it must be
+    finite otherwise). Env names must pass :func:`env_name_ok` (non-empty, printable,
+    no ``=`` or whitespace), as ``StageSpec.env`` and ``device_env`` names do.
     ``output="inherit"`` (default) lets the child write to the parent's stdout and
     stderr; ``output="prefix"`` pipes them to the parent, which prints each line as
     ``[group/name] line`` and keeps the last lines for the child's :class:`ChildFailed`.
@@ -54,11 +98,9 @@ class ProcessSpec:
             raise ValueError(f"ProcessSpec name must be a non-empty string, got {self.name!r}")
         owner = f"ProcessSpec {self.name!r}"
         if isinstance(self.target, str):
-            if not _TARGET_RE.match(self.target):
-                raise ValueError(
-                    f"{owner}: target {self.target!r} is not of the form 'module:qualname' "
-                    "(e.g. 'mypkg.engine:run')"
-                )
+            problem = target_problem(self.target)
+            if problem is not None:
+                raise ValueError(f"{owner}: target {problem}")
         elif not callable(self.target):
             raise ValueError(
                 f"{owner}: target must be a 'module:qualname' string or a callable, "
@@ -71,15 +113,9 @@ class ProcessSpec:
             )
         if not isinstance(self.kwargs, Mapping) or not all(isinstance(k, str) for k in self.kwargs):
             raise ValueError(f"{owner}: kwargs must be a mapping with string keys")
-        if not isinstance(self.env, Mapping):
-            raise ValueError(f"{owner}: env must be a mapping of str to str")
-        for key, value in self.env.items():
-            if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-                raise ValueError(f"{owner}: env key {key!r} is not a valid variable name")
-            if not isinstance(value, str) or "\0" in value:
-                raise ValueError(
-                    f"{owner}: env[{key!r}] must be a string, got {type(value).__name__} {value!r}"
-                )
+        problem = env_problem(self.env)
+        if problem is not None:
+            raise ValueError(f"{owner}: {problem}")
         _check_timeout(owner, "ready_timeout", self.ready_timeout, allow_none=True)
         if self.output not in OUTPUTS:
             raise ValueError(
@@ -106,7 +142,8 @@ class ShutdownPolicy:
     seconds; then SIGKILL to its whole process group and ``kill_timeout`` seconds,
     after which a process that still has not exited (state D) is reported, not waited
     on. A child that is not READY yet starts at SIGTERM. Every child is stopped
-    concurrently, so a teardown takes at most the sum of the three timeouts.
+    concurrently, so a teardown takes at most the sum of the three timeouts; each must
+    be a finite number of seconds >= 0 (``ValueError`` otherwise).
     """
 
     stop_timeout: float = 2.0

@@ -1,7 +1,8 @@
 """Stopping children: cooperative stop → SIGTERM → SIGKILL to the group, all concurrently.
 
-Runs shielded from outside cancellation, bounded by ``ShutdownPolicy.budget``. A process
-that survives SIGKILL (uninterruptible sleep, state D) is reported, never waited on.
+Runs shielded from outside cancellation, bounded by ``ShutdownPolicy.budget``, with Ctrl-C
+held back until it is done (``_signals``). A process that survives SIGKILL (uninterruptible
+sleep, state D) is reported, never waited on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Protocol
 import anyio
 
 from ._process import process_state
+from ._signals import sigint_deferred
 from ._spec import ShutdownPolicy
 
 logger = logging.getLogger("launch")
@@ -93,7 +95,7 @@ async def teardown(children: Iterable[Stoppable], policy: ShutdownPolicy) -> lis
     """Stop every live child concurrently; return those that could not be reaped."""
     unreaped: list[Unreaped] = []
     started = time.monotonic()
-    with anyio.CancelScope(shield=True):
+    with sigint_deferred(), anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as tg:
             for child in children:
                 if not child.has_exited:

@@ -143,6 +143,16 @@ def test_fixture_leak(no_leaked_processes):
 
 def test_clean(no_leaked_processes):
     subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+
+def test_orphan_leak(no_leaked_processes):
+    # a `sleep` in a session of its own, whose parent has exited: not our descendant
+    # any more, and not named python
+    subprocess.run(
+        [sys.executable, "-c", "import subprocess; subprocess.Popen(['sleep', '60'],"
+         " start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)"],
+        check=True,
+    )
 """
 
 
@@ -150,17 +160,18 @@ def test_leak_check_is_opt_in_per_test(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_leaky=LEAKY)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")
     # a test whose teardown fails counts as passed and errored
-    result.assert_outcomes(passed=4, errors=2)
+    result.assert_outcomes(passed=5, errors=3)
     result.stdout.fnmatch_lines(["*test_unmarked_leak PASSED*"])
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_marked_leak*"])
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_fixture_leak*"])
-    result.stdout.fnmatch_lines(["*processes left running (now killed)*"])
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_orphan_leak*"])
+    result.stdout.fnmatch_lines(["*processes left running (now killed)*sleep 60*"])
 
 
 def test_leak_check_for_the_whole_session(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_leaky=LEAKY)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--launch-leak-check")
-    result.assert_outcomes(passed=4, errors=3)
+    result.assert_outcomes(passed=5, errors=4)
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_unmarked_leak*"])
 
 

@@ -12,6 +12,13 @@ from __future__ import annotations
 
 from ._children import MISBEHAVIOURS, misbehaving
 from ._launcher import Launcher
-from ._leaks import LeakedProcesses, ProcessWatch
+from ._leaks import TOKEN_ENV, LeakedProcesses, ProcessWatch
 
-__all__ = ["MISBEHAVIOURS", "Launcher", "LeakedProcesses", "ProcessWatch", "misbehaving"]
+__all__ = [
+    "MISBEHAVIOURS",
+    "TOKEN_ENV",
+    "Launcher",
+    "LeakedProcesses",
+    "ProcessWatch",
+    "misbehaving",
+]

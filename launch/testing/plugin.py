@@ -5,7 +5,8 @@
   test, failing it if a child died after READY.
 - ``no_leaked_processes`` fixture, ``@pytest.mark.launch_leak_check``, or
   ``--launch-leak-check`` for the whole session: fail a test that leaves a process it
-  started running (and kill it).
+  started running (and kill it). Only processes the test started are looked at: see
+  :mod:`launch.testing._leaks`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from ._launcher import Launcher
-from ._leaks import LeakedProcesses, ProcessWatch
+from ._leaks import LeakedProcesses, ProcessWatch, session_token
 
 MARKER = "launch_leak_check"
 
@@ -34,6 +35,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"{MARKER}: fail the test if it leaves a process it started running"
     )
+    if config.getoption("--launch-leak-check"):
+        # Before any fixture starts a server: its processes inherit the token too.
+        session_token()
 
 
 @pytest.fixture

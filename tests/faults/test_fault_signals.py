@@ -1,0 +1,65 @@
+"""Repeated Ctrl-C during a teardown that must escalate to SIGKILL: the teardown stays
+bounded and complete, then the KeyboardInterrupt reaches the caller."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+PARENT = Path(__file__).with_name("fault_signals_parent.py")
+TEARDOWN_BUDGET_S = 0.5 + 0.5 + 1.0  # the parent's ShutdownPolicy
+MARGIN_S = 8.0  # a loaded 2-core machine; a stalled teardown never ends at all
+
+
+def live(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+@pytest.mark.parametrize("mode", ["trio", "asyncio", "blocking"])
+def test_ctrl_c_storm_during_teardown_kills_everything_then_interrupts(mode: str) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, str(PARENT), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids: list[int] = []
+    try:
+        assert parent.stdout is not None
+        pids = json.loads(parent.stdout.readline())
+        assert len(live(pids)) == len(pids) == 3
+        parent.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        # Ctrl-C again and again, through the cooperative stop, SIGTERM and SIGKILL steps.
+        while parent.poll() is None and time.monotonic() - interrupted < TEARDOWN_BUDGET_S + 1:
+            time.sleep(0.1)
+            parent.send_signal(signal.SIGINT)
+        try:
+            _, stderr = parent.communicate(timeout=TEARDOWN_BUDGET_S + MARGIN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the parent ({mode}) hung in its teardown after repeated Ctrl-C")
+        took = time.monotonic() - interrupted
+        assert live(pids) == [], "children outlived the parent's teardown"
+        assert "KeyboardInterrupt" in stderr, stderr[-2000:]
+        assert parent.returncode != 0
+        assert took < TEARDOWN_BUDGET_S + MARGIN_S
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in live(pids):
+            psutil.Process(pid).kill()
