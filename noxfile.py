@@ -1,52 +1,127 @@
-"""Sessions: ``nox`` runs what CI needs (demo, tests, server, lint, typecheck).
+"""Sessions: plain ``nox`` runs what CI runs (``bash .ci/run``).
 
-torch is pinned to 2.13.0 wherever it is installed: on the development machine that
-version is a local CPU build, while an unpinned ``torch`` pulls the CUDA build (GBs).
+- ``demo``: ``launch demo`` with torch (Python 3.11).
+- ``tests``: the suite under trio and asyncio, on 3.11, 3.12 and 3.13. torch is installed
+  on 3.11 only (torch==2.13.0 has a local CPU build there; PyPI's is the CUDA one,
+  several GB): elsewhere the torch tests skip and the core suite runs. Measured on 2
+  busy cores: 5-6 min per Python (25 min for all of plain ``nox``, installs included).
+- ``server``: launch inside hypercorn and uvicorn, and the docs' ASGI snippet.
+- ``docs``: the docs site (Sphinx, warnings are errors) into ``docs/_build/html``.
+- ``wheel``: build the wheel, install only it in a fresh virtualenv, run ``launch``.
+- ``lint`` (ruff) and ``typecheck`` (mypy --strict).
+
+Not run by plain ``nox``: ``vllm`` (a large install) and ``bench`` (figures, not checks).
+torch is pinned to 2.13.0 wherever it is installed; development tools come from the
+dependency groups in pyproject.toml.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
-nox.options.sessions = ["demo", "tests", "server", "lint", "typecheck"]
+nox.needs_version = ">=2025.2.9"  # nox.project.dependency_groups
+nox.options.sessions = ["demo", "tests", "server", "docs", "wheel", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
-PYTHON = ["3.11"]
+PYTHONS = ["3.11", "3.12", "3.13"]
+MAIN = "3.11"  # the one Python with a local CPU build of torch 2.13.0
 TORCH = "torch==2.13.0"
+PYPROJECT = nox.project.load_toml("pyproject.toml")
 
 
-@nox.session(python=PYTHON)
+def group(*names: str) -> tuple[str, ...]:
+    """The requirements of dependency groups of pyproject.toml."""
+    return nox.project.dependency_groups(PYPROJECT, *names)
+
+
+@nox.session(python=MAIN)
 def demo(session: nox.Session) -> None:
     """`launch demo`: three stages of torch.distributed (gloo) workers, on the CPU."""
     session.install("-e", ".[torch,cli,plot]", TORCH)
     session.run("launch", "demo", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The test suite under both backends (trio via pytest-trio, asyncio via anyio)."""
-    session.install("-e", ".[dev,torch]", TORCH)
-    session.run("pytest", *session.posargs)
+    if session.python == MAIN:
+        session.install("-e", ".[torch]", TORCH, *group("test"))
+    else:
+        session.install("-e", ".", *group("test"))
+    session.run("pytest", "--durations=20", *session.posargs)
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=MAIN)
 def server(session: nox.Session) -> None:
-    """launch inside real servers: hypercorn (trio worker) and uvicorn, as subprocesses."""
-    session.install("-e", ".[dev,server]")
+    """launch inside real servers: hypercorn (trio worker) and uvicorn, as subprocesses;
+    and the docs' snippets that need the server extra."""
+    session.install("-e", ".[server]", *group("test"))
     session.run("pytest", "tests/test_server.py", *session.posargs)
+    session.run("pytest", "tests/test_docs.py", "-k", "embedding")  # the ASGI snippet
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=MAIN)
+def docs(session: nox.Session) -> None:
+    """The docs site: Sphinx with MyST, warnings as errors; ``docs/_build/html``."""
+    session.install("-e", ".[cli,plot]", *group("docs"))
+    out = Path("docs", "_build", "html")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-b", "html", "-d", "docs/_build/doctrees",
+        "docs", str(out), *session.posargs,
+    )  # fmt: skip
+    session.log(f"open {out.resolve() / 'index.html'}")
+
+
+@nox.session(python=MAIN)
+def wheel(session: nox.Session) -> None:
+    """Build the sdist and wheel; in a fresh virtualenv with only the wheel installed,
+    ``launch --help`` and ``launch demo --no-torch`` work."""
+    session.install("build")
+    tmp = Path(session.create_tmp()).resolve()
+    dist = tmp / "dist"
+    session.run("python", "-m", "build", "--outdir", str(dist), ".")
+    (built,) = dist.glob("launch_tree-*.whl")
+    venv = tmp / "fresh"
+    session.run("python", "-m", "venv", "--clear", str(venv))
+    pip, launch = str(venv / "bin" / "pip"), str(venv / "bin" / "launch")
+    session.run(pip, "install", "--quiet", str(built), external=True)
+    session.run(launch, "--help", external=True)
+    session.run(launch, "--version", external=True)
+    # from a directory without the source tree, so only the installed wheel is importable
+    with session.chdir(tmp):
+        env = {"LAUNCH_LOCK_DIR": str(tmp / "locks")}
+        session.run(launch, "demo", "--no-torch", "--plain", external=True, env=env)
+
+
+@nox.session(python=MAIN)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install(*group("lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=MAIN)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package and its child side (torch installed: its types count)."""
+    session.install("-e", ".[torch,plot]", TORCH, *group("typecheck"))
+    session.run("mypy", "--strict", "launch", "_launch_child")
+
+
+@nox.session(python=MAIN)
 def vllm(session: nox.Session) -> None:
     """launch's vLLM adapters against the real vllm==0.32.0 (CPU build; DEVELOPERS.md)."""
-    session.install("-e", ".[dev]", "vllm==0.32.0", TORCH)
+    session.install("-e", ".", "vllm==0.32.0", TORCH, *group("test"))
     # the wheel's torchvision/torchaudio/torchcodec binaries do not match the CPU torch
     session.run("pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
     env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     session.run("pytest", "tests/vllm", *session.posargs, env=env)
+    session.run("pytest", "tests/test_docs.py", "-k", "vllm", env=env)  # docs/vllm.md
 
 
-@nox.session(python=PYTHON)
+@nox.session(python=MAIN)
 def bench(session: nox.Session) -> None:
     """`launch bench`: startup and teardown against today's strategies (not run by CI).
 
@@ -55,18 +130,3 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[torch,cli,plot]", TORCH)
     session.run("launch", "bench", *session.posargs)
-
-
-@nox.session(python=PYTHON)
-def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
-    session.install("ruff==0.17.5")
-    session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")
-
-
-@nox.session(python=PYTHON)
-def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package and its child side (torch installed: its types count)."""
-    session.install("-e", ".[dev,torch,plot]", TORCH)
-    session.run("mypy", "--strict", "launch", "_launch_child")

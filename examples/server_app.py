@@ -6,7 +6,7 @@
 
 ``GET /`` shows what each child said at READY; ``GET /health`` is 200 while every child
 runs, 503 (naming the failure) once one has died. ``LAUNCH_EXIT_ON_FAILURE=1`` makes the
-server shut down, exit code 3, when a child dies. Needs ``pip install 'launch[server]'``.
+server shut down, exit code 3, when a child dies. Needs ``pip install 'launch-tree[server]'``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,25 @@
-"""``launch bench``: its arguments, presets (``--quick``) and output files."""
+"""``launch bench``: its arguments, presets (``--quick``) and output files.
+
+The bench runs in a process of its own session (its driver), so that a terminal's
+Ctrl-C reaches only ``launch bench`` itself, never the children being measured: the
+``multiprocessing`` children of the baselines would otherwise each print a
+``KeyboardInterrupt`` traceback. ``launch bench`` forwards SIGINT and SIGTERM to the
+driver, which stops after the trial under way, reaps its children, and still prints
+and writes what was measured (exit code 130).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+_DRIVER_ENV = "LAUNCH_BENCH_DRIVER"
 
 QUICK: dict[str, Any] = {
     "ns": (1, 4, 8),
@@ -110,11 +124,30 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-def run_bench_command(args: argparse.Namespace) -> int:
-    """``launch bench``: run (or ``--report`` a saved run), print, write JSON and plot."""
-    from .bench._report import open_progress, print_report, write_plot
+def out_problem(args: argparse.Namespace) -> list[str]:
+    """What is wrong with ``--out DIR`` (checked before anything runs): DIR may be
+    created, but not its parent."""
+    if args.report is not None:
+        return []
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        return [f"--out {out}: not a directory"]
+    if not out.exists() and not out.parent.is_dir():
+        return [f"--out {out}: directory {out.parent} does not exist"]
+    target = out if out.exists() else out.parent
+    if not os.access(target, os.W_OK):
+        return [f"--out {out}: not writable"]
+    return []
+
+
+def run_bench_command(args: argparse.Namespace, argv: list[str]) -> int:
+    """``launch bench``: run (or ``--report`` a saved run), print, write JSON and plot.
+
+    ``argv`` is the command line, given again to the driver process.
+    """
+    from .bench._report import print_report
     from .bench._results import BenchResult
-    from .bench._run import run_bench
+    from .bench._run import checked_ns
 
     if args.report is not None:
         try:
@@ -125,21 +158,91 @@ def run_bench_command(args: argparse.Namespace) -> int:
         print_report(result, args.plain)
         return 0
     try:
-        config = config_from_args(args)
+        checked_ns(config_from_args(args))
     except ValueError as exc:
         print(f"launch: {exc}", file=sys.stderr)
         return 2
+    if os.environ.get(_DRIVER_ENV) == str(os.getppid()):
+        return _drive(args)
+    return _run_driver(argv)
+
+
+def _run_driver(argv: list[str]) -> int:
+    """Run the bench in a driver process of its own session; forward the first SIGINT or
+    SIGTERM to it (and only to it) as SIGINT; return its exit code."""
+    drivers: list[subprocess.Popen[bytes]] = []
+    requested: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        if requested:  # one stop request; a second one would cut its cleanup short
+            print("launch: bench already stopping", file=sys.stderr, flush=True)
+            return
+        requested.append(signum)
+        if drivers and drivers[0].returncode is None:
+            drivers[0].send_signal(signal.SIGINT)
+
+    previous = {
+        signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        env = {**os.environ, _DRIVER_ENV: str(os.getpid())}
+        command = [sys.executable, "-m", "launch", *argv]
+        drivers.append(subprocess.Popen(command, env=env, start_new_session=True))
+        if requested:  # a signal came before the driver existed
+            drivers[0].send_signal(signal.SIGINT)
+        code = drivers[0].wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return code if code >= 0 else 128 - code
+
+
+def _die_with_parent() -> None:
+    """SIGINT this driver when ``launch bench`` dies (the bench then stops and reaps its
+    children). Armed from the main thread of the parent, which lives as long as it."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGINT)
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != os.environ.get(_DRIVER_ENV):  # it died before the prctl
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """A KeyboardInterrupt, also as the only content of an exception group (trio raises it
+    inside a task group of the trial that was running)."""
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(KeyboardInterrupt)[1]
+        return rest is None
+    return isinstance(exc, KeyboardInterrupt)
+
+
+def _drive(args: argparse.Namespace) -> int:
+    """The driver: run the bench, print the report, write the JSON and the plot."""
+    from .bench._report import open_progress, print_report, write_plot
+    from .bench._results import BenchResult
+    from .bench._run import run_bench
+
+    config = config_from_args(args)
     result = BenchResult(config={}, machine={})
     code = 0
     try:
+        _die_with_parent()
         with open_progress(args.plain) as progress:
             run_bench(config, progress, result)
     except ValueError as exc:
         print(f"launch: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the report be written
         print("launch: bench interrupted; writing what was measured", file=sys.stderr)
-        code = 130
+        result.interrupted = True
+        code = EXIT_INTERRUPTED
     print_report(result, args.plain)
     stem = args.out / f"bench-{config.model}"
     print(f"json: {result.write_json(stem.with_suffix('.json'))}")

@@ -24,7 +24,10 @@ STAGES: tuple[tuple[str, int, tuple[int, ...]], ...] = (
     ("talker", 1, (2,)),
     ("vocoder", 1, (3,)),
 )
-INSTALL_TORCH = "pip install 'launch[torch]' torch==2.13.0  (torch==2.13.0 is the CPU build here)"
+INSTALL_TORCH = (
+    "for the torch one: pip install 'launch-tree[torch]' torch==2.13.0 (from PyPI on Linux "
+    "that is the CUDA build, several GB; the CPU build is on https://download.pytorch.org/whl/cpu)"
+)
 
 
 def torch_available() -> bool:

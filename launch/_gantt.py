@@ -30,7 +30,25 @@ PALETTE = (
     "#d62728",
     "#7f7f7f",
 )
-MATPLOTLIB_MISSING = "writing a chart needs matplotlib: pip install 'launch[plot]'"
+MATPLOTLIB_MISSING = "writing a chart needs matplotlib: pip install 'launch-tree[plot]'"
+CHART_FORMATS = (".png", ".svg", ".pdf")
+
+
+def chart_problem(path: Path) -> str | None:
+    """Why a chart cannot be written at ``path`` (format, matplotlib, directory), or None.
+
+    Cheap: matplotlib is looked for, not imported.
+    """
+    import importlib.util
+
+    from ._trace import output_problem
+
+    if path.suffix.lower() not in CHART_FORMATS:
+        shown = repr(path.suffix) if path.suffix else "no suffix"
+        return f"unsupported chart format ({shown}); use {', '.join(CHART_FORMATS)}"
+    if importlib.util.find_spec("matplotlib") is None:
+        return MATPLOTLIB_MISSING
+    return output_problem(path)
 
 
 def write_chart(timeline: Timeline, path: Path, *, whole: bool = False) -> Path:
@@ -38,8 +56,16 @@ def write_chart(timeline: Timeline, path: Path, *, whole: bool = False) -> Path:
 
     By default the x axis covers startup (to the last READY, plus a margin): that is
     where the chart answers "what made startup slow". ``whole=True`` shows serving and
-    stopping too.
+    stopping too. The directory must exist.
+
+    Raises:
+        ValueError: the suffix is not one of ``CHART_FORMATS``.
+        RuntimeError: matplotlib is not installed.
     """
+    if path.suffix.lower() not in CHART_FORMATS:
+        raise ValueError(
+            f"{path}: unsupported chart format {path.suffix!r}; use {', '.join(CHART_FORMATS)}"
+        )
     try:
         from matplotlib.figure import Figure
         from matplotlib.patches import Patch
@@ -105,6 +131,5 @@ def write_chart(timeline: Timeline, path: Path, *, whole: bool = False) -> Path:
     if whole:
         legend.append(Patch(facecolor=FIXED[STOP][0], label="stopping"))
     ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path

@@ -27,7 +27,18 @@ CHUNK = 8 * 1024 * 1024
 
 @dataclass
 class PrefetchStats:
-    """What a prefetch did: files and bytes read, when, or why it was skipped."""
+    """What a prefetch did: files and bytes read, when, or why it was skipped.
+
+    Attributes:
+        path: the directory asked for.
+        files: how many files were to be read.
+        bytes_read: bytes read so far.
+        started_at: when it started (``time.monotonic()``).
+        finished_at: when it ended, None while it runs.
+        skipped: why nothing was read (not a local directory, no such files), or None.
+        cancelled: True if its task was cancelled before every file was read.
+        done: the files read completely.
+    """
 
     path: str
     files: int = 0
@@ -93,6 +104,20 @@ async def prefetch_weights(
     memory. Cancelled with its task group; the reading threads stop within one chunk
     (8 MiB). A path that is not a local directory (a hub model id) or holds no such
     files is skipped, with the reason in the returned stats.
+
+    Args:
+        path: the model directory; files at its top level and one folder down are read,
+            symlinks resolved, biggest first.
+        max_parallel: how many files are read at once, each in a worker thread.
+        patterns: which files: weights, configs and tokenizer files by default.
+
+    Returns:
+        What was read, or why nothing was.
+
+    Raises:
+        ValueError: ``max_parallel`` is below 1.
+        ExceptionGroup: of the ``OSError`` of a file that could not be read (a pipeline's
+            own prefetch reports it in its stats instead).
     """
     if max_parallel < 1:
         raise ValueError(f"prefetch_weights: max_parallel must be >= 1, got {max_parallel}")

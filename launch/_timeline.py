@@ -33,7 +33,15 @@ MIN_LOCK_WAIT_S = 0.001  # a device-lock wait shorter than this gets no track of
 
 @dataclass(frozen=True)
 class Slice:
-    """One interval of a track, in seconds from the timeline's origin."""
+    """One interval of a track, in seconds from the timeline's origin.
+
+    Attributes:
+        name: what happened: a phase's name, ``"launch lock"``, ``"spawn"``, ...
+        kind: one of ``"lock"``, ``"spawn"``, ``"boot"``, ``"phase"``, ``"serve"``,
+            ``"stop"``.
+        start: seconds from the origin.
+        end: seconds from the origin.
+    """
 
     name: str
     kind: str
@@ -42,12 +50,23 @@ class Slice:
 
     @property
     def duration(self) -> float:
+        """``end - start``, in seconds."""
         return self.end - self.start
 
 
 @dataclass(frozen=True)
 class Track:
-    """One child (or a stage's device-lock wait): its slices, in time order."""
+    """One child (or a stage's device-lock wait): its slices, in time order.
+
+    Attributes:
+        group: the group's (or stage's) name.
+        name: the child's name.
+        pid: the child's pid, None if it was never spawned.
+        slices: the intervals, in time order.
+        ready: when it said READY, in seconds from the origin; None if it did not.
+        exitcode: its exit code (negative: killed by that signal); None while running.
+        is_child: False for a stage's device-lock track.
+    """
 
     group: str
     name: str
@@ -62,8 +81,14 @@ class Track:
 class Timeline:
     """The startup (and shutdown) of a group or pipeline as tracks of slices.
 
-    ``origin`` is the ``time.monotonic()`` value that offsets count from: when the
-    group or pipeline started. ``group.timeline`` and ``pipeline.timeline`` build one.
+    ``group.timeline`` and ``pipeline.timeline`` build one; a snapshot taken inside the
+    block ends its open slices at that moment.
+
+    Attributes:
+        name: the group's or pipeline's name.
+        origin: the ``time.monotonic()`` value offsets count from: when the group or
+            pipeline started.
+        tracks: one per child, plus one per stage that waited for a device lock.
     """
 
     name: str
@@ -84,15 +109,36 @@ class Timeline:
         return tuple(t for t in self.tracks if t.is_child)
 
     def write_trace(self, path: str | Path) -> Path:
-        """Write Chrome trace-event JSON (opens in Perfetto and chrome://tracing)."""
+        """Write Chrome trace-event JSON (opens in Perfetto and chrome://tracing).
+
+        Args:
+            path: the file to write; its directory must exist.
+
+        Returns:
+            ``path``, as a :class:`~pathlib.Path`.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
         from ._trace import write_trace
 
         return write_trace(self, Path(path))
 
     def write_chart(self, path: str | Path, *, whole: bool = False) -> Path:
-        """Write a Gantt chart (PNG, SVG or PDF, by the suffix); needs matplotlib.
+        """Write a Gantt chart: one bar per child, coloured by phase; needs matplotlib.
 
-        It covers startup; ``whole=True`` shows serving and stopping too.
+        Args:
+            path: the file to write, ``.png``, ``.svg`` or ``.pdf`` (the suffix picks the
+                format); its directory must exist.
+            whole: show serving and stopping too, not only the startup.
+
+        Returns:
+            ``path``, as a :class:`~pathlib.Path`.
+
+        Raises:
+            ValueError: the suffix is not a chart format.
+            RuntimeError: matplotlib is not installed (``launch-tree[plot]``).
+            OSError: the file cannot be written.
         """
         from ._gantt import write_chart
 
@@ -100,7 +146,17 @@ class Timeline:
 
     @staticmethod
     def read_trace(path: str | Path) -> Timeline:
-        """Read a trace written by :meth:`write_trace` back into a Timeline."""
+        """Read a trace written by :meth:`write_trace` back into a Timeline.
+
+        Args:
+            path: a trace file written by :meth:`write_trace` (or ``launch --trace``).
+
+        Returns:
+            The timeline it holds.
+
+        Raises:
+            ValueError: the file is missing, not JSON, or not a trace written by launch.
+        """
         from ._trace import read_trace
 
         return read_trace(Path(path))

@@ -12,6 +12,7 @@ device-lock wait is a thread of its own. ``otherData.launch`` keeps what
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,21 @@ def _slice(name: str, kind: str, start: float, end: float, pid: int, tid: int) -
     }
 
 
+def output_problem(path: Path) -> str | None:
+    """Why a file cannot be written at ``path``, or None: its directory must exist (it is
+    never created) and be writable, and the path must not be a directory."""
+    if path.is_dir():
+        return "is a directory"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"directory {parent} does not exist"
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "not writable"
+    return None
+
+
 def write_trace(timeline: Timeline, path: Path) -> Path:
-    """Write ``timeline`` to ``path`` as trace-event JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``timeline`` to ``path`` as trace-event JSON (its directory must exist)."""
     path.write_text(json.dumps(to_trace_events(timeline), indent=1) + "\n", encoding="utf-8")
     return path
 

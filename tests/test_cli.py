@@ -4,6 +4,7 @@ SIGTERM, during startup and while up), demo, and the exit codes."""
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -237,3 +238,122 @@ def test_console_script(tmp_path: Path) -> None:
         [str(script), "check", str(EXAMPLE)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_check_and_trace_have_a_description(tmp_path: Path) -> None:
+    overview = run(tmp_path, "--help").stdout
+    for command in ("up", "check", "trace", "demo", "bench"):
+        assert f"    {command} " in overview
+    assert "validate a pipeline file" in run(tmp_path, "check", "--help").stdout
+    assert "render a trace saved by --trace" in run(tmp_path, "trace", "--help").stdout
+    assert "130 bench" in overview.replace("\n", " ")  # the exit-code table
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--timeline", "out.txt", "--timeline out.txt: unsupported chart format ('.txt')"),
+        ("--timeline", "chart", "--timeline chart: unsupported chart format (no suffix)"),
+        ("--trace", "/nonexistent-dir/x.json", "directory /nonexistent-dir does not exist"),
+        ("--timeline", "missing/x.png", "--timeline missing/x.png: directory missing does not"),
+        ("--trace", ".", "--trace .: is a directory"),
+    ],
+)
+def test_outputs_are_checked_before_anything_starts(
+    tmp_path: Path, option: str, value: str, message: str
+) -> None:
+    started = time.monotonic()
+    result = run(tmp_path, "demo", "--no-torch", "--plain", option, value)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "demo:" not in result.stdout and "READY" not in result.stdout  # nothing started
+    assert time.monotonic() - started < 20
+    assert not Path("/nonexistent-dir").exists() and not (tmp_path / "missing").exists()
+    path = pipeline_file(tmp_path, stage("a", "serve"))
+    result = run(tmp_path, "up", "--plain", option, value, str(path))
+    assert result.returncode == 2 and message in result.stderr, result.stdout + result.stderr
+    assert "READY" not in result.stdout
+
+
+def test_trace_checks_its_chart_before_reading(tmp_path: Path) -> None:
+    result = run(tmp_path, "trace", "missing.json", "--timeline", "out.txt")
+    assert result.returncode == 2
+    assert "unsupported chart format" in result.stderr and "missing.json" not in result.stderr
+    result = run(tmp_path, "trace", "missing.json", "--timeline", "out.svg")
+    assert result.returncode == 2 and "missing.json: no such file" in result.stderr
+
+
+def test_up_reports_an_uncreatable_lock_dir_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "locks.toml"
+    path.write_text(
+        "[pipeline]\nlock_dir = '/proc/no-such-dir/locks'\n"
+        "[[stage]]\nname = 'a'\ntarget = 'targets:serve'\ndevices = [0]\n"
+    )
+    result = run(tmp_path, "up", "--plain", str(path))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "/proc/no-such-dir" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_demo_hint_names_the_distribution(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None  # as if torch were not installed\n"
+        "from launch._cli import main; sys.exit(main(['demo', '--plain']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(tmp_path),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pip install 'launch-tree[torch]' torch==2.13.0" in result.stderr
+    assert "pure-Python TCP groups" in result.stdout
+
+
+@pytest.mark.parametrize("after", ["[1/", "[2/"])  # during a baseline, during launch-trio
+def test_ctrl_c_during_bench_is_quiet_and_keeps_what_was_measured(
+    tmp_path: Path, after: str
+) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "launch", "bench", "--plain", "--out", str(tmp_path / "out"),
+            "--n", "2,3", "--repeats", "1", "--payload", "1KiB",
+            "--strategies", "sequential,threadpool,launch-trio",
+            "--import-s", "0.2", "--init-s", "1.5", "--teardown-n", "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env(tmp_path),
+        cwd=tmp_path,
+        start_new_session=True,  # a terminal's foreground process group
+    )  # fmt: skip
+    cli = Cli.__new__(Cli)
+    cli.proc, cli.output = proc, ""
+    cli.wait_for(after)  # the next trial's children are in their init now
+    time.sleep(0.5)
+    spawned = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    cli.ctrl_c()
+    time.sleep(0.2)
+    cli.ctrl_c()  # a second Ctrl-C does not cut the cleanup short
+    code, out = cli.finish(timeout=60)
+    assert code == 130, out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    took = re.search(r"bench interrupted after ([\d.]+)s", out)
+    assert took is not None and float(took.group(1)) > 1.0, out  # not "took 00:00"
+    assert "not run" in out and "failed" not in out
+    assert "sequential N=2, payload 1 KiB: all READY" in out
+    assert (tmp_path / "out" / "bench-synthetic.json").exists()
+    assert gone(spawned)
+
+
+def test_bench_refuses_an_out_dir_it_cannot_create(tmp_path: Path) -> None:
+    result = run(tmp_path, "bench", "--quick", "--out", str(tmp_path / "a" / "b"))
+    assert result.returncode == 2
+    assert f"directory {tmp_path / 'a'} does not exist" in result.stderr
+    (tmp_path / "file").write_text("")
+    result = run(tmp_path, "bench", "--quick", "--out", "file")
+    assert result.returncode == 2 and "--out file: not a directory" in result.stderr

@@ -69,7 +69,8 @@ async def test_trace_is_valid_trace_event_json_with_a_track_per_child(tmp_path: 
     assert processes == {"stage thinker", "stage talker"}
     # the talker's device-lock wait is its own slice, as long as the thinker's startup
     lock = [e for e in events if e["ph"] == "X" and e["name"] == "device lock"]
-    assert lock and lock[0]["dur"] > 50_000
+    # (whichever stage locked first may show a short wait of its own too)
+    assert lock and max(e["dur"] for e in lock) > 50_000
     # phases nest inside each child's startup slice
     t0 = threads[f"t0 (pid {children['t0']})"]
     on_t0 = [e for e in events if e["ph"] == "X" and (e["pid"], e["tid"]) == t0]

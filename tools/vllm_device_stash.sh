@@ -5,7 +5,7 @@
 #
 #   . tools/vllm_device_stash.sh        # in each device call that carries .vllm-carry/part-K
 #
-# Made by tools/vllm_device_wheels.sh; the recipe is in docs/benchmarks.md.
+# Made by tools/vllm_device_wheels.sh; the recipe is in docs/development/benchmarks.md.
 STASH=/tmp/vllm-stash
 mkdir -p "$STASH"
 total=$(cat .vllm-carry/parts)

@@ -6,6 +6,7 @@ strategy pay the same imports.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import traceback
@@ -82,15 +83,20 @@ def launch_entry(model: str, params: dict[str, Any]) -> None:
 
 
 def mp_entry(conn: Any, model: str, params: dict[str, Any]) -> None:
-    """Target of the multiprocessing baselines: READY over a Pipe, then wait for stop."""
+    """Target of the multiprocessing baselines: READY over a Pipe, then wait for stop.
+
+    A parent that has stopped listening (it was interrupted, or gave up on this trial)
+    ends the child quietly: there is no one left to report to.
+    """
     try:
         info = startup(model, params, _no_phase)
     except Exception:
-        conn.send(("error", traceback.format_exc()))  # the parent reports it
+        with contextlib.suppress(OSError):
+            conn.send(("error", traceback.format_exc()))  # the parent reports it
         raise SystemExit(1) from None
-    conn.send(("ready", info))
     try:
+        conn.send(("ready", info))
         conn.recv()  # the stop message, or EOF when the parent closes its end
-    except EOFError:
+    except (EOFError, OSError):
         pass
     _leave(model)

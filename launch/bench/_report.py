@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,11 +103,21 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+NOT_RUN = "not run"
+
+
+def _missing(errors: Sequence[str]) -> str:
+    """What a cell with no successful run shows: skipped, failed, or never reached."""
+    if not errors:
+        return NOT_RUN  # the run was interrupted before this cell
+    return "skipped" if errors[0].startswith("skipped") else "failed"
+
+
 def _cell_text(cell: StartupCell | None) -> str:
     if cell is None:
         return ""
     if cell.median is None:
-        return "skipped" if cell.errors and cell.errors[0].startswith("skipped") else "failed"
+        return _missing(cell.errors)
     low, high = cell.spread or (0.0, 0.0)
     text = f"{cell.median:.2f}"
     if len(cell.ready_s) > 1:
@@ -197,7 +206,7 @@ def tables(result: BenchResult) -> list[tuple[str, list[str], list[list[str]]]]:
                 [
                     trial,
                     variant,
-                    _s(acell.median) if acell.median is not None else "failed",
+                    _s(acell.median) if acell.median is not None else _missing(acell.errors),
                     "-" if spread is None else f"{spread[0]:.2f}-{spread[1]:.2f}",
                     _x(_ratio(acell.median, base)),
                 ]
@@ -219,7 +228,7 @@ def tables(result: BenchResult) -> list[tuple[str, list[str], list[list[str]]]]:
                 [
                     tcell.policy,
                     str(tcell.n),
-                    _s(tcell.median) if tcell.median is not None else "failed",
+                    _s(tcell.median) if tcell.median is not None else _missing(tcell.errors),
                     "-" if spread is None else f"{spread[0]:.2f}-{spread[1]:.2f}",
                     _s(noticed),
                     str(max(tcell.left)) if tcell.left else "-",
@@ -327,7 +336,22 @@ def print_report(result: BenchResult, plain: bool) -> None:
         print(f"launch's forkserver warmed (preload imported) in {warm:.2f}s, before the clock")
     for line in claims(result):
         print(line)
-    print(f"bench took {time.strftime('%M:%S', time.gmtime(result.wall_s))} (mm:ss)")
+    took = duration(result.wall_s)
+    if result.interrupted:
+        print(f"bench interrupted after {took}; cells marked {NOT_RUN!r} were not reached")
+    else:
+        print(f"bench took {took}")
+
+
+def duration(seconds: float) -> str:
+    """``42.3s``, ``3m05s`` or ``1h02m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def _plain_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -347,7 +371,9 @@ def write_plot(result: BenchResult, path: Path) -> Path:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise RuntimeError("the bench plot needs matplotlib: pip install 'launch[plot]'") from None
+        raise RuntimeError(
+            "the bench plot needs matplotlib: pip install 'launch-tree[plot]'"
+        ) from None
     series = series_of(result)
     panels = len(series) + (1 if result.teardown else 0)
     fig = Figure(figsize=(6.0 * panels, 4.6), layout="constrained")

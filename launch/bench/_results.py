@@ -74,6 +74,7 @@ class BenchResult:
     accelerators: list[StartupCell] = field(default_factory=list)  # strategy "trial: variant"
     forkserver_warm_s: float | None = None
     wall_s: float = 0.0
+    interrupted: bool = False  # stopped early (Ctrl-C): cells with no run were not reached
 
     def cell(self, strategy: str, n: int, payload: int | None) -> StartupCell | None:
         """The cell for that strategy, N and payload, if measured."""
@@ -128,4 +129,5 @@ class BenchResult:
             ],
             forkserver_warm_s=data.get("forkserver_warm_s"),
             wall_s=data.get("wall_s", 0.0),
+            interrupted=data.get("interrupted", False),
         )

@@ -93,9 +93,10 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "gpus_visible": visible_gpus(),
     }
-    for package in ("launch", "anyio", "trio", "torch"):
+    distributions = {"launch": "launch-tree", "anyio": "anyio", "trio": "trio", "torch": "torch"}
+    for key, distribution in distributions.items():
         try:
-            facts[package] = importlib.metadata.version(package)
+            facts[key] = importlib.metadata.version(distribution)
         except importlib.metadata.PackageNotFoundError:
             pass
     return facts
@@ -225,69 +226,75 @@ def run_bench(
     result.startup = list(cells.values())
     tcells = {policy: TeardownCell(policy, config.teardown_n) for policy in teardown}
     result.teardown = list(tcells.values())
-    with heavy_modules() as scratch:
-        if "launch-forkserver" in strategies:
-            from .._forkserver import FORKSERVER, prewarm
+    try:
+        with heavy_modules() as scratch:
+            if "launch-forkserver" in strategies:
+                from .._forkserver import FORKSERVER, prewarm
 
-            progress.step("warming launch's forkserver: " + ", ".join(preload_for(config)))
-            if config.model == "synthetic":
-                make_config(
-                    scratch, import_s=config.import_s, init_s=0, work=config.work, payload=0
-                )
-            t0 = time.monotonic()
-            prewarm(preload_for(config))
-            FORKSERVER.wait_warm()
-            result.forkserver_warm_s = time.monotonic() - t0
-        for _ in range(config.repeats):
-            for n in ns:
-                for payload in series:
-                    for strategy in strategies:
-                        cell = cells[strategy, n, payload]
-                        label = _label(strategy, n, payload)
-                        reason = skip_reason(config, strategy, n)
-                        if reason is not None:
-                            if not cell.errors:
-                                cell.errors.append(reason)
-                            progress.done(label, reason)
-                            continue
-                        plans = partial(plans_for, config, n, payload, scratch)
-                        measure = STRATEGIES[strategy]
-                        run = _attempt(
-                            progress, label, cell.errors, measure, plans, config.ready_timeout
-                        )
-                        if run is not None:
-                            cell.ready_s.append(run.ready_s)
-                            cell.started_s.append(run.started_s)
-                            cell.parent_cpu_s.append(run.parent_cpu_s)
-                            cell.peak_rss_mib.extend(run.peak_rss_mib)
-                            progress.done(label, f"all READY in {run.ready_s:.2f}s")
-        synthetic = BenchConfig(import_s=config.import_s, init_s=config.init_s, work=config.work)
-        small = min(config.payloads or (0,))
-        for _ in range(config.teardown_repeats):
-            for policy in teardown:
-                tcell = tcells[policy]
-                label = f"teardown {policy} N={config.teardown_n}"
-                plans = partial(plans_for, synthetic, config.teardown_n, small, scratch)
-                stop = TEARDOWN_POLICIES[policy]
-                trun = _attempt(progress, label, tcell.errors, stop, plans, config.ready_timeout)
-                if trun is not None:
-                    tcell.reaped_s.append(trun.reaped_s)
-                    tcell.noticed_s.append(trun.noticed_s)
-                    tcell.left.append(trun.left)
-                    progress.done(label, f"all reaped {trun.reaped_s:.2f}s after the failure")
-        if accel:
-            n = focus(config, ns)
-            acells = {name: StartupCell(name, n, None) for name in accel}
-            result.accelerators = list(acells.values())
-            payload = small if config.model == "synthetic" else None
+                progress.step("warming launch's forkserver: " + ", ".join(preload_for(config)))
+                if config.model == "synthetic":
+                    make_config(
+                        scratch, import_s=config.import_s, init_s=0, work=config.work, payload=0
+                    )
+                t0 = time.monotonic()
+                prewarm(preload_for(config))
+                FORKSERVER.wait_warm()
+                result.forkserver_warm_s = time.monotonic() - t0
             for _ in range(config.repeats):
-                for name, trial in accel.items():
-                    label = f"{name} N={n}"
-                    plans = partial(plans_for, config, n, payload, scratch)
-                    errors = acells[name].errors
-                    run_s = _attempt(progress, label, errors, trial, plans, config, scratch)
-                    if run_s is not None:
-                        acells[name].ready_s.append(run_s)
-                        progress.done(label, f"{run_s:.2f}s")
-    result.wall_s = time.monotonic() - began
+                for n in ns:
+                    for payload in series:
+                        for strategy in strategies:
+                            cell = cells[strategy, n, payload]
+                            label = _label(strategy, n, payload)
+                            reason = skip_reason(config, strategy, n)
+                            if reason is not None:
+                                if not cell.errors:
+                                    cell.errors.append(reason)
+                                progress.done(label, reason)
+                                continue
+                            plans = partial(plans_for, config, n, payload, scratch)
+                            measure = STRATEGIES[strategy]
+                            run = _attempt(
+                                progress, label, cell.errors, measure, plans, config.ready_timeout
+                            )
+                            if run is not None:
+                                cell.ready_s.append(run.ready_s)
+                                cell.started_s.append(run.started_s)
+                                cell.parent_cpu_s.append(run.parent_cpu_s)
+                                cell.peak_rss_mib.extend(run.peak_rss_mib)
+                                progress.done(label, f"all READY in {run.ready_s:.2f}s")
+            synthetic = BenchConfig(
+                import_s=config.import_s, init_s=config.init_s, work=config.work
+            )
+            small = min(config.payloads or (0,))
+            for _ in range(config.teardown_repeats):
+                for policy in teardown:
+                    tcell = tcells[policy]
+                    label = f"teardown {policy} N={config.teardown_n}"
+                    plans = partial(plans_for, synthetic, config.teardown_n, small, scratch)
+                    stop = TEARDOWN_POLICIES[policy]
+                    trun = _attempt(
+                        progress, label, tcell.errors, stop, plans, config.ready_timeout
+                    )
+                    if trun is not None:
+                        tcell.reaped_s.append(trun.reaped_s)
+                        tcell.noticed_s.append(trun.noticed_s)
+                        tcell.left.append(trun.left)
+                        progress.done(label, f"all reaped {trun.reaped_s:.2f}s after the failure")
+            if accel:
+                n = focus(config, ns)
+                acells = {name: StartupCell(name, n, None) for name in accel}
+                result.accelerators = list(acells.values())
+                payload = small if config.model == "synthetic" else None
+                for _ in range(config.repeats):
+                    for name, trial in accel.items():
+                        label = f"{name} N={n}"
+                        plans = partial(plans_for, config, n, payload, scratch)
+                        errors = acells[name].errors
+                        run_s = _attempt(progress, label, errors, trial, plans, config, scratch)
+                        if run_s is not None:
+                            acells[name].ready_s.append(run_s)
+                            progress.done(label, f"{run_s:.2f}s")
+    finally:  # also when interrupted: the report says how long it ran
+        result.wall_s = time.monotonic() - began
     return result

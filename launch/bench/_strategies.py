@@ -116,9 +116,12 @@ def wait_all_ready(children: Sequence[MpChild], deadline: float) -> None:
 
 
 def stop_all(children: Iterable[MpChild]) -> None:
-    """Ask every started child to stop, then reap it (SIGKILL if it will not go)."""
+    """Ask every READY child to stop (SIGTERM the others), then reap it (SIGKILL if it will
+    not go)."""
     started = [child for child in children if child.process.pid is not None]
     for child in started:
+        if not child.ready:  # still in its init (the trial failed or was interrupted)
+            child.process.terminate()
         try:
             child.conn.send(("stop", None))
         except OSError:

@@ -129,8 +129,20 @@ def pipeline_lifespan(
     """A lifespan (Starlette/FastAPI ``lifespan=``) that runs ``spec`` for the server's
     life; a callable is called at startup (load the file then, not at import).
 
-    Yields ``{state_key: PipelineService}``, so handlers find the service at
-    ``request.state.<state_key>``.
+    The server takes no request before every stage is READY; a startup failure fails
+    the server's startup. A child dying later sets the service's ``state`` to
+    ``"failed"`` and tears its siblings down.
+
+    Args:
+        spec: the pipeline, or a callable returning it, called at startup.
+        exit_on_failure: shut the server down when a child dies after READY, and exit
+            the process with ``exit_code``.
+        exit_code: the exit code for ``exit_on_failure``.
+        state_key: the name of the :class:`PipelineService` in the lifespan state.
+
+    Returns:
+        The lifespan. It yields ``{state_key: PipelineService}``, so handlers find the
+        service at ``request.state.<state_key>``.
     """
 
     @asynccontextmanager

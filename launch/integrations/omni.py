@@ -2,7 +2,7 @@
 
 vLLM-Omni splits a model into stages (``stage_args`` in its stage-config YAML: a thinker,
 a talker, a vocoder...), each an engine of its own on its own devices. Here every stage
-replica becomes a stage of a launch pipeline tree:
+replica becomes a stage of a launch pipeline tree::
 
     spec = omni_pipeline("qwen2_5_omni.yaml", model="/models/qwen2.5-omni")
     async with launch.open_pipeline(spec) as running:
@@ -91,8 +91,17 @@ def omni_stages(config: str | Path | Mapping[str, Any]) -> list[OmniStage]:
     """Every stage replica of a vLLM-Omni stage config (a path to its YAML or TOML, or
     the mapping), in order. Reads ``stage_args`` (devices and replicas under
     ``runtime``) or a deploy profile's ``stages`` (``devices`` and ``num_replicas`` on
-    the stage). Raises ``ValueError`` naming the file, the stage and the key for
-    anything malformed."""
+    the stage).
+
+    Args:
+        config: the stage config: a path to its YAML or TOML file, or the mapping.
+
+    Returns:
+        One :class:`OmniStage` per stage replica, in the config's order.
+
+    Raises:
+        ValueError: anything malformed, naming the file, the stage and the key.
+    """
     data, source = _load(config)
     if "base_config" in data:
         raise ValueError(
@@ -177,7 +186,26 @@ def omni_pipeline(
     env: Mapping[str, str] | None = None,
 ) -> PipelineSpec:
     """A launch :class:`PipelineSpec` with one stage per vLLM-Omni stage replica, each
-    running ``target(stage=<OmniStage as a dict>, model=model)`` on its devices."""
+    running ``target(stage=<OmniStage as a dict>, model=model)`` on its devices.
+
+    Args:
+        config: the stage config (see :func:`omni_stages`).
+        model: the model path or id, passed to every stage's target.
+        target: the ``module:qualname`` each stage runs; :func:`engine_stage` by default.
+        name: the pipeline's name.
+        ready_timeout: seconds from spawn to READY for each stage; None: no deadline.
+        start_method: how each stage's process starts.
+        lock_dir: the device lock directory (see :class:`launch.PipelineSpec`).
+        device_lock_timeout: how long a stage waits for its devices' locks.
+        shutdown: how stages are stopped.
+        env: variables set in every stage's process.
+
+    Returns:
+        The pipeline spec, for :func:`launch.open_pipeline` or :func:`launch.start_pipeline`.
+
+    Raises:
+        ValueError: the config is malformed (see :func:`omni_stages`).
+    """
     stages = [
         StageSpec(
             stage.name,
@@ -251,7 +279,20 @@ def engine_stage(*, stage: dict[str, Any], model: str) -> None:
 def ask_stage(
     address: str, prompt_token_ids: list[int], max_tokens: int, timeout: float = 60.0
 ) -> list[int]:
-    """Send one request to a stage run by :func:`engine_stage`; returns its token ids."""
+    """Send one request to a stage run by :func:`engine_stage`.
+
+    Args:
+        address: the stage's ZMQ address (``payload["address"]`` of its READY).
+        prompt_token_ids: the prompt, as token ids.
+        max_tokens: how many tokens to generate.
+        timeout: seconds to wait for the answer.
+
+    Returns:
+        The generated token ids.
+
+    Raises:
+        TimeoutError: no answer within ``timeout``.
+    """
     import zmq
 
     context = zmq.Context()

@@ -34,9 +34,22 @@ def join_process_group(
     """Import torch, form the process group, run a barrier and an all-reduce.
 
     Each step is a ``launch.phase`` (or a call of ``on_phase``, for callers outside a
-    launch child), so the timeline shows where startup went. Returns
-    what a READY payload would carry: rank, world size, backend, device, the all-reduce
-    result. Raises ``RuntimeError`` if the all-reduce gives the wrong sum.
+    launch child), so the timeline shows where startup went.
+
+    Args:
+        rank: this process's rank.
+        world_size: how many ranks the group has.
+        init_method: the rendezvous, ``tcp://host:port``.
+        backend: ``"gloo"`` (CPU) or ``"nccl"`` (binds GPU ``rank % device_count``).
+        timeout_s: how long ``init_process_group`` and the collectives may take.
+        on_phase: called with each step's name; ``launch.phase`` by default.
+
+    Returns:
+        What a READY payload would carry: rank, world size, backend, device, and the
+        all-reduce result.
+
+    Raises:
+        RuntimeError: the all-reduce gave the wrong sum.
     """
     on_phase("import torch")
     import torch
@@ -86,7 +99,15 @@ def worker(
     backend: str = "gloo",
     timeout_s: float = 120.0,
 ) -> None:
-    """A target: join the process group, say READY with its facts, serve until stopped."""
+    """A target: join the process group, say READY with its facts, serve until stopped.
+
+    Args:
+        rank: this process's rank.
+        world_size: how many ranks the group has.
+        init_method: the rendezvous, ``tcp://host:port``.
+        backend: ``"gloo"`` or ``"nccl"``.
+        timeout_s: how long ``init_process_group`` and the collectives may take.
+    """
     info = join_process_group(
         rank=rank,
         world_size=world_size,
@@ -102,7 +123,15 @@ def worker(
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct free TCP ports (held open together while picked, so no repeats)."""
+    """``count`` distinct free TCP ports (held open together while picked, so no repeats).
+
+    Args:
+        count: how many ports.
+        host: the address to bind while picking.
+
+    Returns:
+        The port numbers.
+    """
     socks = []
     try:
         for _ in range(count):
@@ -133,6 +162,24 @@ def process_group_specs(
     Each gets ``rank``, ``world_size``, ``init_method`` (``tcp://host:port``, port picked
     here if not given) and ``backend`` as kwargs, on top of ``kwargs``; ``target`` must
     accept them (the default, :func:`worker`, does).
+
+    Args:
+        name: the group's name; children are ``name-0`` and so on.
+        world_size: how many ranks.
+        backend: ``"gloo"`` or ``"nccl"``.
+        target: the ``module:qualname`` each rank runs.
+        kwargs: more keyword arguments for every rank.
+        start_method: how each rank starts.
+        ready_timeout: seconds from spawn to READY; None: no deadline.
+        host: the rendezvous host.
+        port: the rendezvous port; a free one is picked if None.
+        env: variables set in every rank (inside the child).
+
+    Returns:
+        The specs, rank 0 first.
+
+    Raises:
+        ValueError: ``world_size`` is below 1.
     """
     if world_size < 1:
         raise ValueError(f"process group {name!r}: world_size must be >= 1, got {world_size}")
