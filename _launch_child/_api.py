@@ -81,6 +81,18 @@ def ready(payload: Any = None) -> None:
     Call it once. The parent's ``open_group`` block is entered when every child
     of the group has called it. The pickled payload may be at most about 64 MiB (the
     control protocol's limit); a larger one raises ``ValueError`` and READY is not sent.
+
+    Args:
+        payload: Anything picklable, handed to the parent as
+            :attr:`launch.Child.payload` (unpickled there, so its class must be
+            importable in the parent too).
+
+    Raises:
+        RuntimeError: The process was not started by launch, or ``ready()`` was
+            already called in it.
+        TypeError: ``payload`` cannot be pickled.
+        ValueError: The pickled ``payload`` is over the control protocol's limit
+            (64 MiB less 1 KiB).
     """
     channel = _require("ready")
     if channel.ready_sent:
@@ -103,7 +115,16 @@ def ready(payload: Any = None) -> None:
 
 
 def phase(name: str) -> None:
-    """Record that the child entered startup phase ``name`` (shown in errors and timelines)."""
+    """Record that the child entered startup phase ``name`` (shown in errors and timelines).
+
+    Args:
+        name: The phase's name, e.g. ``"load_model"`` (the parent keeps its first 200
+            characters).
+
+    Raises:
+        ValueError: ``name`` is not a non-empty string.
+        RuntimeError: The process was not started by launch.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError("launch.phase() needs a non-empty string")
     channel = _require("phase")
@@ -112,10 +133,29 @@ def phase(name: str) -> None:
 
 
 def stop_requested() -> bool:
-    """True once the parent has asked this child to stop (cooperative stop)."""
+    """True once the parent has asked this child to stop (cooperative stop).
+
+    Returns:
+        Whether the stop was asked for; it stays true once it is.
+
+    Raises:
+        RuntimeError: The process was not started by launch.
+    """
     return _require("stop_requested").stop_event.is_set()
 
 
 def wait_for_stop(timeout: float | None = None) -> bool:
-    """Block until the parent asks this child to stop; returns False on ``timeout``."""
+    """Block until the parent asks this child to stop; returns False on ``timeout``.
+
+    Args:
+        timeout: The most seconds to wait; ``None`` to wait until the stop is asked
+            for.
+
+    Returns:
+        True once the stop was asked for (at once if it already was), False if
+        ``timeout`` passed first.
+
+    Raises:
+        RuntimeError: The process was not started by launch.
+    """
     return _require("wait_for_stop").stop_event.wait(timeout)

@@ -57,7 +57,15 @@ class _Running(Generic[R]):
     def stop(self) -> None:
         """Stop every child and reap it; raises :class:`LaunchFailed` if a child had
         died (once: not again after ``wait()`` raised it). Safe to call more than once,
-        and from any thread."""
+        and from any thread.
+
+        A Ctrl-C while the children are being stopped does not cut the (bounded)
+        teardown short: it is finished first, then the ``KeyboardInterrupt`` is raised.
+
+        Raises:
+            LaunchFailed: A child had died after READY and no earlier ``stop()`` or
+                ``wait()`` raised that failure yet.
+        """
         if self._future is None:
             return
         if not self._future.done():
@@ -84,7 +92,19 @@ class _Running(Generic[R]):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the tree stops: raises :class:`LaunchFailed` if a child died,
-        returns True if it was stopped, False if ``timeout`` passed first."""
+        returns True if it was stopped, False if ``timeout`` passed first.
+
+        Args:
+            timeout: The most seconds to wait; ``None`` to wait until the tree stops.
+
+        Returns:
+            True once the tree has stopped (also after a failure that was already
+            raised once), False if ``timeout`` passed first.
+
+        Raises:
+            LaunchFailed: A child died after READY (its siblings were torn down), the
+                first time ``wait()`` or ``stop()`` meets that failure.
+        """
         try:
             self._result(timeout)
         except concurrent.futures.TimeoutError:
@@ -102,7 +122,12 @@ class _Running(Generic[R]):
 
 
 class GroupHandle(_Running[Group]):
-    """A running group, for synchronous code: ``handle["name"]`` is a :class:`Child`."""
+    """A running group, for synchronous code: ``handle["name"]`` is a :class:`Child`.
+
+    Iterating the handle gives the children in spec order; ``handle["name"]`` raises
+    ``KeyError`` for an unknown name. Made by :func:`start_group`, not by hand;
+    :meth:`stop` and :meth:`wait` may be called from any thread.
+    """
 
     @property
     def group(self) -> Group:
@@ -118,7 +143,12 @@ class GroupHandle(_Running[Group]):
 
 class PipelineHandle(_Running[Pipeline]):
     """A running pipeline, for synchronous code: ``handle["stage"]`` is that stage's
-    :class:`Group`."""
+    :class:`Group`.
+
+    ``handle["stage"]`` raises ``KeyError`` for an unknown stage. Made by
+    :func:`start_pipeline`, not by hand; :meth:`stop` and :meth:`wait` may be called
+    from any thread.
+    """
 
     @property
     def pipeline(self) -> Pipeline:
@@ -184,6 +214,29 @@ def start_group(
     the group (its siblings are torn down at once); ``group.wait()`` and leaving the
     block then raise :class:`LaunchFailed`, and ``on_child_died(exc)`` is called first,
     in the event loop's thread (keep it short). ``backend``: ``"trio"`` or ``"asyncio"``.
+
+    Args:
+        specs: The children to start: a non-empty list of :class:`ProcessSpec` with
+            unique names.
+        name: The group's name, used in messages, errors and the timeline.
+        shutdown: How children are stopped; ``None`` for the default
+            :class:`ShutdownPolicy`.
+        backend: The event loop the group runs in, in a thread of its own:
+            ``"trio"`` (default) or ``"asyncio"``.
+        on_child_died: Called with the :class:`LaunchFailed` when a child dies after
+            READY, in the event loop's thread, before ``wait()`` or leaving the block
+            raises it.
+
+    Returns:
+        A context manager; ``with`` it gives a :class:`GroupHandle` once every child
+        is READY, and leaving it stops and reaps every child.
+
+    Raises:
+        ValueError: On entering: ``specs`` is invalid (as for :func:`open_group`) or
+            ``backend`` is neither ``"trio"`` nor ``"asyncio"``.
+        LaunchFailed: On entering, when startup fails (a child fails to spawn,
+            crashes or misses its ``ready_timeout``); on leaving, when a child died
+            after READY and ``wait()`` or ``stop()`` has not raised it already.
     """
     specs = list(specs)
     return _start(
@@ -204,6 +257,26 @@ def start_pipeline(
 
     ``with launch.start_pipeline(spec) as running: running["talker"]``. The same
     exceptions, stop, ``wait()`` and ``on_child_died`` as :func:`start_group`.
+
+    Args:
+        spec: The pipeline to start.
+        backend: The event loop the pipeline runs in, in a thread of its own:
+            ``"trio"`` (default) or ``"asyncio"``.
+        on_child_died: Called with the :class:`LaunchFailed` when a child dies after
+            READY, in the event loop's thread, before ``wait()`` or leaving the block
+            raises it.
+
+    Returns:
+        A context manager; ``with`` it gives a :class:`PipelineHandle` once every stage
+        is READY, and leaving it stops every stage and reaps every child.
+
+    Raises:
+        TypeError: ``spec`` is not a :class:`PipelineSpec`; raised by the call itself.
+        ValueError: On entering: ``backend`` is neither ``"trio"`` nor ``"asyncio"``.
+        LaunchFailed: On entering, when startup fails (a child fails to spawn,
+            crashes or misses its ``ready_timeout``, or a stage cannot lock its
+            devices); on leaving, when a child died after READY and ``wait()`` or
+            ``stop()`` has not raised it already.
     """
     if not isinstance(spec, PipelineSpec):
         raise TypeError(f"start_pipeline expects a PipelineSpec, got {type(spec).__name__}")

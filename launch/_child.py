@@ -27,13 +27,23 @@ _MAX_PHASE_NAME = 200
 
 
 class ChildState(enum.Enum):
-    """Where a child is in its life."""
+    """Where a child is in its life.
 
-    PENDING = "pending"  # not spawned yet
-    STARTING = "starting"  # spawned, READY not received
-    READY = "ready"  # READY received, running
-    STOPPING = "stopping"  # teardown asked it to stop
-    EXITED = "exited"  # gone and reaped
+    It moves forward only: PENDING → STARTING → READY → STOPPING → EXITED, skipping
+    what does not apply (a child that crashes before READY goes from STARTING to
+    EXITED). ``str(state)`` is its value, e.g. ``"ready"``.
+    """
+
+    #: Not spawned yet.
+    PENDING = "pending"
+    #: Spawned; READY not received yet.
+    STARTING = "starting"
+    #: READY received; the child is running.
+    READY = "ready"
+    #: The teardown asked it to stop (cooperative stop or a signal).
+    STOPPING = "stopping"
+    #: Gone and reaped (its exit code is in :attr:`Child.exitcode`).
+    EXITED = "exited"
 
     def __str__(self) -> str:
         return self.value
@@ -41,7 +51,24 @@ class ChildState(enum.Enum):
 
 @dataclass
 class ChildTimes:
-    """Timestamps of one child on the system-wide ``time.monotonic()`` clock."""
+    """Timestamps of one child on the system-wide ``time.monotonic()`` clock.
+
+    Each is None until that moment has come (a child that never got there keeps None).
+
+    Attributes:
+        spawn_requested (float | None): When the group asked for the spawn (after
+            waiting for launch's forkserver, for a forkserver child).
+        spawned (float | None): When the process had been created.
+        lock_wait_s (float): Seconds the spawn waited for launch's launch lock.
+        booted (float | None): When the child's bootstrap got its boot message, before
+            it applied ``env`` and imported its target.
+        phases (list[tuple[str, float]]): Each ``launch.phase(name)`` the child
+            reported, as ``(name, time)``, in order (at most 1000: past that, the
+            latest replaces the last one kept).
+        ready (float | None): When the child called ``launch.ready()``.
+        stop_requested (float | None): When the teardown first asked it to stop.
+        exited (float | None): When the parent saw it exit and reaped it.
+    """
 
     spawn_requested: float | None = None
     spawned: float | None = None
@@ -54,14 +81,31 @@ class ChildTimes:
 
     @property
     def startup_s(self) -> float | None:
-        """Seconds from spawn request to READY."""
+        """Seconds from spawn request to READY.
+
+        Returns:
+            ``ready - spawn_requested``, or None while either is unknown.
+        """
         if self.spawn_requested is None or self.ready is None:
             return None
         return self.ready - self.spawn_requested
 
 
 class Child:
-    """One launched process. Attributes are read-only views kept current by the group."""
+    """One launched process. Attributes are read-only views kept current by the group.
+
+    Made by the group (one per :class:`ProcessSpec`), not by hand; read it from
+    ``group["name"]`` or ``group.children``.
+
+    Attributes:
+        spec (ProcessSpec): What the child runs.
+        group (str): The name of its group (its stage, in a pipeline).
+        times (ChildTimes): Its timestamps, from spawn request to exit.
+        phase (str | None): The last phase it reported with ``launch.phase()``, or None.
+        exitcode (int | None): Its exit code once reaped (negative: killed by that
+            signal); None while it runs, or if it was never spawned or its exit status
+            could not be known (its forkserver died).
+    """
 
     def __init__(self, spec: ProcessSpec, group: str) -> None:
         self.spec = spec
@@ -124,13 +168,21 @@ class Child:
 
     @property
     def exiting(self) -> bool:
-        """True once the child has reported its exception before READY: it is exiting by
+        """True once the child has reported its exception before READY; it is exiting by
         itself, and the teardown gives it ``stop_timeout`` to, keeping its exit code."""
         return self._error is not None and not self.ready
 
     @property
     def payload(self) -> Any:
-        """What the child passed to ``launch.ready(...)``."""
+        """What the child passed to ``launch.ready(...)``.
+
+        Returns:
+            The payload, unpickled in the parent (None if ``ready()`` was called
+            without one).
+
+        Raises:
+            RuntimeError: The child is not READY (yet).
+        """
         if not self.ready:
             raise RuntimeError(f"child {self.name!r} is not READY (state {self.state})")
         return self._payload

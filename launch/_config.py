@@ -64,7 +64,18 @@ TOP_KEYS = ("pipeline", "stage")
 
 
 class ConfigError(ValueError):
-    """A pipeline file is invalid. ``path``, ``stage`` and ``key`` say where."""
+    """A pipeline file is invalid. ``path``, ``stage`` and ``key`` say where.
+
+    A ``ValueError``; ``str(exc)`` reads ``"<path>: stage '<stage>': key '<key>':
+    <message>"``, leaving out what is not known.
+
+    Attributes:
+        path (pathlib.Path): The pipeline file.
+        stage (str | None): The name of the stage at fault, or None if the problem is
+            not in one stage.
+        key (str): The key at fault, dotted from its table (e.g.
+            ``"pipeline.device_lock_timeout"``, ``"shutdown.stop_timeout"``), or ``""``.
+    """
 
     def __init__(self, path: Path, message: str, *, stage: str | None = None, key: str = ""):
         where = str(path)
@@ -301,6 +312,21 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
 
     Raises :class:`ConfigError` (a ``ValueError``) naming the file, stage and key of
     the first problem; nothing is started.
+
+    Args:
+        path: The pipeline file. A relative ``lock_dir`` or ``prefetch`` entry in it is
+            taken relative to the file's directory.
+
+    Returns:
+        The validated :class:`PipelineSpec`, ready for :func:`open_pipeline` or
+        :func:`start_pipeline`.
+
+    Raises:
+        ConfigError: The file is missing, unreadable, not a regular file, larger than
+            1 MiB, not UTF-8 or not valid TOML, nests values too deeply, asks for too
+            many children, or breaks the schema (an unknown key, a value of the wrong
+            type, or anything :class:`PipelineSpec`, :class:`StageSpec` or
+            :class:`ProcessSpec` reject).
     """
     path = Path(path)
     return parse_pipeline(_read(path), path)

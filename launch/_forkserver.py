@@ -33,7 +33,13 @@ _DEATHS_KEPT = 16
 
 class ForkserverError(RuntimeError):
     """The forkserver could not be started, a preloaded module failed to import, or a
-    preload initialised CUDA in the server (which then forks no child)."""
+    preload initialised CUDA in the server (which then forks no child).
+
+    A ``RuntimeError`` whose message says what happened (an import failure carries the
+    server's traceback). :func:`prewarm` raises it when the server dies as soon as it
+    is started; a forkserver child meeting it fails with a :class:`SpawnFailed` that
+    has its text in ``detail``. It carries no other attributes.
+    """
 
 
 class ForkServer:
@@ -314,6 +320,19 @@ def prewarm(preload: Iterable[str] = ()) -> None:
     Returns at once: the server imports in the background. Children with
     ``start_method="forkserver"`` are cheap forks of it; one spawned before the server is
     warm waits for it. Calling again with more modules imports those too.
+
+    A module that fails to import does not raise here: the next forkserver child's
+    spawn fails with a :class:`SpawnFailed` naming it.
+
+    Args:
+        preload: Module names (a list, not a single string) to import in the server;
+            each is imported once, however often it is asked for.
+
+    Raises:
+        ValueError: ``preload`` is a string, or holds something other than a non-empty
+            module name.
+        ForkserverError: The server died as soon as it was started.
+        OSError: The server could not be started (e.g. out of file descriptors).
     """
     if isinstance(preload, str):
         raise ValueError("prewarm(preload=...) takes a list of module names, not a string")

@@ -29,6 +29,7 @@ from ._errors import (
     ReadyTimeout,
     SpawnFailed,
     raise_failures,
+    sole_exception,
 )
 from ._forkserver import FORKSERVER, ForkserverError
 from ._output import OutputPump
@@ -40,13 +41,37 @@ from ._timeline import Timeline, group_timeline
 logger = logging.getLogger("launch")
 
 _DRAIN_S = 0.5  # after a child exits, how long its last messages may take to arrive
-_CRASH_EXIT_GRACE_S = 0.5  # after a child reports its exception, how long its exit may take
+
+
+def _failed_at(child: Child) -> float:
+    """When the child failed by its own clock where it said so (its exception report;
+    ``time.monotonic()`` is one system-wide clock on Linux), else when it exited, else
+    now: the root cause is the earliest failure, not the first one the parent noticed."""
+    if child._error is not None:
+        return child._error.at
+    if child.times.exited is not None:
+        return child.times.exited
+    return time.monotonic()
 
 
 class Group:
     """Children started together and supervised as one unit.
 
-    ``group["name"]`` is a :class:`Child`; ``group.children`` keeps spec order.
+    ``group["name"]`` is a :class:`Child` (``KeyError`` for an unknown name);
+    ``group.children`` keeps spec order; iterating a group gives its children and
+    ``len(group)`` their number. Made by :func:`open_group` (and by
+    :func:`open_pipeline`, one per stage), not by hand.
+
+    Attributes:
+        name (str): The group's name (a pipeline stage's name, for a stage).
+        shutdown (ShutdownPolicy): How its children are stopped.
+        children (tuple[Child, ...]): Its children, in spec order.
+        failures (list[ChildFailed]): The failures seen so far, in the order they were
+            declared: what :class:`LaunchFailed` is raised with.
+        unreaped (list[Unreaped]): The children that survived SIGKILL at the last
+            teardown (also added as notes to the :class:`LaunchFailed`).
+        started_at (float | None): ``time.monotonic()`` when the group started (a
+            stage's is the pipeline's start); None before.
     """
 
     def __init__(
@@ -112,7 +137,7 @@ class Group:
             remote_type=report.type_name if report is not None else None,
             remote_message=report.message if report is not None else None,
             spawned_at=child.times.spawned,
-            failed_at=time.monotonic(),
+            failed_at=_failed_at(child),
             detail=", ".join(part for part in (detail, child._exit_note) if part),
             output_tail=child.output_tail or None,
         )
@@ -227,11 +252,11 @@ class Group:
         elif scope.cancelled_caught:
             self._fail(self._failure(ReadyTimeout, child, detail=f"ready_timeout={deadline}s"))
         else:
-            # It exited, or reported its exception and is exiting: a process that takes
-            # long over its interpreter shutdown (torch, vLLM) is not waited for, and its
-            # siblings' teardown starts now.
-            with anyio.move_on_after(_CRASH_EXIT_GRACE_S):
-                await child._exited.wait()
+            # It exited, or reported its exception and is exiting: declared now, with no
+            # await before it (a cancel landing there would lose this root cause), and its
+            # siblings' teardown starts now. A process that takes long over its
+            # interpreter shutdown (torch, vLLM) is not waited for: the teardown gives it
+            # stop_timeout to exit, then fills in its exit code.
             self._fail(self._failure(ChildCrashed, child))
 
     async def _startup(self) -> None:
@@ -277,9 +302,9 @@ async def _run_group(group: Group) -> AsyncIterator[Group]:
                 await group._teardown()
     except BaseExceptionGroup as eg:
         # Our own tasks never raise; what is here came from the caller's block (or a cancel).
-        if len(eg.exceptions) != 1:
+        unwrapped = sole_exception(eg)
+        if unwrapped is None:
             raise
-        unwrapped = eg.exceptions[0]
     if unwrapped is not None:
         raise unwrapped  # outside the except: no "during handling" chain onto the group
     raise_failures(group.name, group.failures, group.unreaped)
@@ -297,6 +322,27 @@ def open_group(
     Leaving the block stops every child (cooperative stop, SIGTERM, SIGKILL) and reaps
     them all, also on error or cancellation. Raises ``ValueError`` for invalid specs
     before anything is spawned.
+
+    Args:
+        specs: The children to start: a non-empty list of :class:`ProcessSpec` with
+            unique names.
+        name: The group's name, used in messages, errors and the timeline.
+        shutdown: How children are stopped; ``None`` for the default
+            :class:`ShutdownPolicy`.
+
+    Returns:
+        An async context manager; ``async with`` it gives the running :class:`Group`
+        once every child is READY. An exception raised in the block propagates as
+        itself (not wrapped in an exception group), after every child is stopped.
+
+    Raises:
+        ValueError: ``specs`` is invalid (empty, a single :class:`ProcessSpec` instead
+            of a list, something else than a :class:`ProcessSpec`, or duplicate
+            names); raised by the call itself, before anything is spawned.
+        LaunchFailed: On entering, when a child fails to spawn, crashes or misses
+            its ``ready_timeout`` (its siblings are torn down first); on leaving, when
+            a child died while the block ran (the block was cancelled). Its leaves are
+            :class:`ChildFailed`; :attr:`LaunchFailed.first` is the root cause.
     """
     specs = validate_group(specs, name)
     return _run_group(Group(name, specs, shutdown or ShutdownPolicy()))

@@ -28,7 +28,7 @@ import anyio
 
 from ._child import Child
 from ._devicelock import acquire_device_locks, default_lock_dir
-from ._errors import ChildFailed, DeviceLockError, LaunchFailed, raise_failures
+from ._errors import ChildFailed, DeviceLockError, LaunchFailed, raise_failures, sole_exception
 from ._forkserver import FORKSERVER
 from ._group import Group, _run_group
 from ._pipeline_spec import PipelineSpec, StageSpec
@@ -46,6 +46,31 @@ class Pipeline:
     ``waiting[stage]`` says what a stage that has not spawned yet is waiting for
     (``"after 'thinker'"``, ``"device lock"``), or is None. ``device_lock_waits[stage]``
     is the ``(started, acquired)`` monotonic interval of its device-lock wait.
+
+    ``pipeline["stage"]`` raises ``KeyError`` for an unknown stage; iterating a pipeline
+    gives its stages' groups, in spec order, and ``len(pipeline)`` their number. Made by
+    :func:`open_pipeline`, not by hand.
+
+    Attributes:
+        spec (PipelineSpec): What was started.
+        name (str): The pipeline's name (``spec.name``).
+        lock_dir (pathlib.Path): The directory of the device lock files in use.
+        stages (dict[str, Group]): Each stage's :class:`Group`, by stage name, in spec
+            order.
+        waiting (dict[str, str | None]): What each stage that has not spawned yet
+            waits for (``"after 'thinker'"``, ``"device lock"``), or None.
+        device_lock_waits (dict[str, tuple[float, float]]): For each stage that took
+            its device locks, the ``(started, acquired)`` ``time.monotonic()`` interval
+            of the wait.
+        prefetches (list[PrefetchStats]): What each ``prefetch`` entry read (or why
+            it was skipped or cut short).
+        started_at (float): ``time.monotonic()`` when the pipeline started.
+        ready_at (float | None): ``time.monotonic()`` when its last stage became READY;
+            None before.
+        failures (list[ChildFailed]): The failures of every stage (a
+            :class:`DeviceLockError` included): what :class:`LaunchFailed` is raised
+            with.
+        unreaped (list[Unreaped]): The children of any stage that survived SIGKILL.
     """
 
     def __init__(self, spec: PipelineSpec) -> None:
@@ -99,7 +124,17 @@ class Pipeline:
         return pipeline_timeline(self)
 
     def is_ready(self, stage: str) -> bool:
-        """True once every child of ``stage`` is READY."""
+        """True once every child of ``stage`` is READY.
+
+        Args:
+            stage: A stage's name.
+
+        Returns:
+            Whether the stage has become READY (it stays true once it has).
+
+        Raises:
+            KeyError: The pipeline has no such stage.
+        """
         return self._ready[stage].is_set()
 
     async def _prewarm(self) -> None:
@@ -191,9 +226,9 @@ async def _run_pipeline(pipeline: Pipeline) -> AsyncIterator[Pipeline]:
                     scope.cancel()  # only a startup aid: not worth waiting for at stop
     except BaseExceptionGroup as eg:
         # Stage tasks never raise; what is here came from the caller's block.
-        if len(eg.exceptions) != 1:
+        unwrapped = sole_exception(eg)
+        if unwrapped is None:
             raise
-        unwrapped = eg.exceptions[0]
     if unwrapped is not None:
         raise unwrapped  # outside the except: no "during handling" chain onto the group
     raise_failures(pipeline.name, pipeline.failures, pipeline.unreaped, kind="pipeline")
@@ -206,6 +241,23 @@ def open_pipeline(spec: PipelineSpec) -> AbstractAsyncContextManager[Pipeline]:
     first. The first failure anywhere (a child crashing, timing out or dying, a device
     lock timing out) tears every stage down and raises :class:`LaunchFailed`. Leaving
     the block stops every stage concurrently and reaps every child.
+
+    Args:
+        spec: The pipeline to start (already validated at its construction).
+
+    Returns:
+        An async context manager; ``async with`` it gives the running
+        :class:`Pipeline` once every stage is READY. An exception raised in the block
+        propagates as itself (not wrapped in an exception group), after every stage is
+        stopped.
+
+    Raises:
+        TypeError: ``spec`` is not a :class:`PipelineSpec`; raised by the call itself.
+        LaunchFailed: On entering, when a child fails to spawn, crashes or misses its
+            ``ready_timeout``, or a stage cannot lock its devices
+            (:class:`DeviceLockError`, :class:`DeviceLockTimeout`); on leaving, when a
+            child died while the block ran (the block was cancelled). Its leaves are
+            :class:`ChildFailed`; :attr:`LaunchFailed.first` is the root cause.
     """
     if not isinstance(spec, PipelineSpec):
         raise TypeError(f"open_pipeline expects a PipelineSpec, got {type(spec).__name__}")

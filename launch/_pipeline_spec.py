@@ -58,6 +58,29 @@ class StageSpec:
     ``os.environ`` only while this stage's children are spawned (under the launch
     lock) and restored right after; it reaches the child with every start method.
     ``shutdown`` overrides the pipeline's policy for this stage.
+
+    Args:
+        name: The stage's name, unique within the pipeline (non-empty): the key of
+            ``pipeline["name"]``, the name of the stage's :class:`Group` and of its
+            device locks.
+        specs: The stage's children (a non-empty list of :class:`ProcessSpec` with
+            unique names), kept as a tuple.
+        devices: Device ids (``int`` indexes ``>= 0`` or non-empty strings without
+            commas, each listed once), kept as a tuple of strings. They are locked
+            before the stage spawns and set, comma-joined, in each child's
+            ``device_env`` variables (a child's own ``env`` wins).
+        after: Names of the stages that must be READY before this one spawns (a
+            single string is taken as one name), kept as a tuple.
+        env: Variables set on the parent's ``os.environ`` only while this stage's
+            children are spawned, then restored; kept as a read-only copy.
+        shutdown: This stage's :class:`ShutdownPolicy`; ``None`` takes the
+            pipeline's.
+
+    Raises:
+        ValueError: The stage is invalid: an empty name, ``specs`` empty, not
+            :class:`ProcessSpec` or with duplicate names, a bad device id or a device
+            listed twice, ``after`` naming the stage itself or not naming stages, a
+            bad ``env``, or a ``shutdown`` that is not a :class:`ShutdownPolicy`.
     """
 
     name: str
@@ -109,6 +132,36 @@ class PipelineSpec:
     tree so it overlaps everything else (children with ``start_method="forkserver"`` are
     forks of it; see :func:`launch.prewarm`). ``prefetch``: model directories read into
     the page cache while the stages spawn (:func:`launch.prefetch_weights`).
+
+    ``spec["stage"]`` is that :class:`StageSpec` (``KeyError`` for an unknown name).
+
+    Args:
+        stages: The stages (a non-empty list of :class:`StageSpec` with unique names,
+            whose ``after`` name stages of this pipeline without a cycle), kept as a
+            tuple.
+        name: The pipeline's name, used in messages and errors.
+        device_env: The environment variable, or list of them, that carries a stage's
+            devices into its children; kept as a tuple of names.
+        lock_dir: The directory of the device lock files; ``None`` for a private
+            per-user directory. Kept as a :class:`~pathlib.Path`.
+        device_lock_timeout: Seconds a stage waits for a device lock before it fails
+            with :class:`DeviceLockTimeout`; ``None`` to wait as long as it takes,
+            otherwise a finite number ``>= 0``.
+        shutdown: The :class:`ShutdownPolicy` of stages without their own; ``None``
+            for the default policy.
+        preload: Module names launch's forkserver imports once, started at the root
+            of the tree; kept as a tuple.
+        prefetch: Model directories (or files) read into the page cache while the
+            stages spawn; kept as a tuple.
+
+    Raises:
+        ValueError: The pipeline is invalid: no stages, a single :class:`StageSpec`
+            or something else instead of a list of them, duplicate stage names, an
+            ``after`` naming an unknown stage, stages waiting for each other in a
+            cycle, a ``device_env`` that names no valid variable, a bad
+            ``device_lock_timeout``, a ``shutdown`` that is not a
+            :class:`ShutdownPolicy`, or ``preload`` / ``prefetch`` given as a single
+            string or with empty entries.
     """
 
     stages: Sequence[StageSpec]
@@ -164,7 +217,11 @@ class PipelineSpec:
 
     @property
     def uses_forkserver(self) -> bool:
-        """True if any child starts from launch's forkserver, or modules are preloaded."""
+        """True if any child starts from launch's forkserver, or modules are preloaded.
+
+        Returns:
+            Whether opening the pipeline starts launch's forkserver first.
+        """
         return bool(self.preload) or any(
             spec.start_method == "forkserver" for stage in self.stages for spec in stage.specs
         )
@@ -177,11 +234,24 @@ class PipelineSpec:
 
     @property
     def device_env_vars(self) -> tuple[str, ...]:
-        """``device_env`` as a tuple."""
+        """``device_env`` as a tuple.
+
+        Returns:
+            The names of the variables that carry a stage's devices.
+        """
         return tuple(self.device_env)
 
     def child_specs(self, stage: StageSpec) -> tuple[ProcessSpec, ...]:
-        """The stage's specs with its devices added to their env (a child's own env wins)."""
+        """The stage's specs with its devices added to their env (a child's own env wins).
+
+        Args:
+            stage: One of this pipeline's stages.
+
+        Returns:
+            The stage's :class:`ProcessSpec` objects, each with every ``device_env``
+            variable set to the stage's comma-joined devices (unchanged if the stage
+            has no devices).
+        """
         if not stage.devices:
             return tuple(stage.specs)
         from dataclasses import replace
@@ -191,7 +261,11 @@ class PipelineSpec:
         return tuple(replace(spec, env={**devices_env, **spec.env}) for spec in stage.specs)
 
     def order(self) -> tuple[StageSpec, ...]:
-        """Stages in a start order that respects ``after`` (ties keep the given order)."""
+        """Stages in a start order that respects ``after`` (ties keep the given order).
+
+        Returns:
+            Every stage once, each after the stages it names in ``after``.
+        """
         done: set[str] = set()
         out: list[StageSpec] = []
         while len(out) < len(self.stages):

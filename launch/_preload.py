@@ -11,12 +11,18 @@ from contextlib import asynccontextmanager
 
 import anyio
 
+from ._errors import sole_exception
+
 
 class Preload:
     """The background import started by :func:`preload_modules`.
 
-    ``imported`` maps each module imported so far to the seconds its import took;
-    ``error`` is the first import error, if any.
+    Attributes:
+        modules: the modules to import (those not imported already).
+        imported: each module imported so far, with the seconds its import took.
+        error: the first import error, if any.
+        started_at: when the imports started (``time.monotonic()``).
+        finished_at: when they ended, None until then.
     """
 
     def __init__(self, modules: list[str]) -> None:
@@ -34,7 +40,11 @@ class Preload:
         return self._done.is_set()
 
     async def wait(self) -> None:
-        """Wait until every module is imported; re-raises an import error."""
+        """Wait until every module is imported.
+
+        Raises:
+            Exception: the import error of a module that failed, as it was raised.
+        """
         await self._done.wait()
         if self.error is not None:
             raise self.error
@@ -70,6 +80,16 @@ async def preload_modules(modules: Iterable[str]) -> AsyncIterator[Preload]:
     children). ``await preload.wait()`` where the modules are needed. Leaving the block
     normally waits for the imports; leaving it by an exception or cancellation stops
     after the module being imported (an import cannot be interrupted midway).
+
+    Args:
+        modules: module names, imported in this order; those imported already are
+            skipped.
+
+    Yields:
+        The :class:`Preload`: ``await preload.wait()`` before using the modules.
+
+    Raises:
+        ValueError: ``modules`` is a string, or holds something that is not a name.
     """
     if isinstance(modules, str):
         raise ValueError("preload_modules takes a list of module names, not a string")
@@ -90,9 +110,9 @@ async def preload_modules(modules: Iterable[str]) -> AsyncIterator[Preload]:
                 raise
     except BaseExceptionGroup as group:
         # the import task never raises: what is here is the caller's own exception
-        if len(group.exceptions) != 1:
+        unwrapped = sole_exception(group)
+        if unwrapped is None:
             raise
-        unwrapped = group.exceptions[0]
     if unwrapped is not None:
         raise unwrapped
     if preload.error is not None:

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+#: How a child starts: ``"spawn"`` (a fresh interpreter, the default), ``"forkserver"``
+#: (a fork of launch's own forkserver, see :func:`launch.prewarm`) or ``"fork"`` (a fork
+#: of the parent: discouraged, a multi-threaded parent is unsafe to fork).
 StartMethod = Literal["spawn", "forkserver", "fork"]
 START_METHODS: tuple[str, ...] = ("spawn", "forkserver", "fork")
 Output = Literal["inherit", "prefix"]
@@ -83,6 +86,35 @@ class ProcessSpec:
     ``output="inherit"`` (default) lets the child write to the parent's stdout and
     stderr; ``output="prefix"`` pipes them to the parent, which prints each line as
     ``[group/name] line`` and keeps the last lines for the child's :class:`ChildFailed`.
+
+    The fields are read back as given, except that ``kwargs`` and ``env`` are kept as
+    read-only copies (``MappingProxyType``).
+
+    Args:
+        target: What the child runs: a ``"module:qualname"`` string, imported in the
+            child once ``env`` is applied, or a picklable callable. It is called with
+            ``**kwargs`` and must call :func:`launch.ready` when its startup is done.
+        name: The child's name, unique within its group (non-empty): the key of
+            ``group["name"]`` and the name in messages and errors.
+        kwargs: Keyword arguments for ``target`` (string keys), pickled in the parent
+            and unpickled in the child.
+        env: Environment variables set inside the child before ``target`` is imported
+            (names as :func:`env_name_ok` allows, values strings without NUL).
+        start_method: How the child starts (:data:`launch.StartMethod`): ``"spawn"``
+            (default), ``"forkserver"`` or ``"fork"``.
+        ready_timeout: Seconds from the spawn to READY before the child fails with
+            :class:`ReadyTimeout`; ``None`` for no deadline, otherwise a finite number
+            ``>= 0``.
+        output: ``"inherit"`` (default): the child writes to the parent's stdout and
+            stderr; ``"prefix"``: its lines are printed by the parent as
+            ``[group/name] line`` and the last ones kept for its :class:`ChildFailed`.
+
+    Raises:
+        ValueError: A field is invalid: an empty name, a target that is neither a
+            ``"module:qualname"`` string nor a callable, an unknown ``start_method`` or
+            ``output``, ``kwargs`` that are not a mapping with string keys, a bad
+            ``env`` name or value, or a ``ready_timeout`` that is negative, NaN,
+            infinite or not a number.
     """
 
     target: str | Callable[..., Any]
@@ -126,7 +158,12 @@ class ProcessSpec:
 
     @property
     def target_name(self) -> str:
-        """The target as text, for messages."""
+        """The target as text, for messages.
+
+        Returns:
+            The ``"module:qualname"`` string itself, or for a callable its
+            ``__module__`` and ``__qualname__`` joined the same way.
+        """
         if isinstance(self.target, str):
             return self.target
         module = getattr(self.target, "__module__", "?")
@@ -144,6 +181,17 @@ class ShutdownPolicy:
     on. A child that is not READY yet starts at SIGTERM. Every child is stopped
     concurrently, so a teardown takes at most the sum of the three timeouts; each must
     be a finite number of seconds >= 0 (``ValueError`` otherwise).
+
+    Args:
+        stop_timeout: Seconds a READY child has to exit after the cooperative stop
+            (:func:`launch.stop_requested` turns true) before it gets SIGTERM.
+        term_timeout: Seconds a child has to exit after SIGTERM before its whole
+            process group gets SIGKILL.
+        kill_timeout: Seconds to wait after SIGKILL; a process still there then is
+            reported as :class:`Unreaped` and not waited on.
+
+    Raises:
+        ValueError: A timeout is negative, NaN, infinite, ``None`` or not a number.
     """
 
     stop_timeout: float = 2.0
@@ -156,7 +204,11 @@ class ShutdownPolicy:
 
     @property
     def budget(self) -> float:
-        """The most a teardown can take, in seconds."""
+        """The most a teardown can take, in seconds.
+
+        Returns:
+            ``stop_timeout + term_timeout + kill_timeout``.
+        """
         return self.stop_timeout + self.term_timeout + self.kill_timeout
 
 

@@ -25,7 +25,19 @@ logger = logging.getLogger("launch")
 
 @dataclass(frozen=True)
 class Unreaped:
-    """A child that did not exit even after SIGKILL and ``kill_timeout``."""
+    """A child that did not exit even after SIGKILL and ``kill_timeout``.
+
+    Such a process (typically in uninterruptible sleep) is reported, not waited on:
+    it is listed in ``Group.unreaped`` / ``Pipeline.unreaped`` and, when the group or
+    pipeline fails, named in a note of its :class:`LaunchFailed`. ``str(u)`` reads
+    ``"child 'w0' (pid 4242, state D) survived SIGKILL"``.
+
+    Attributes:
+        name (str): The child's name.
+        pid (int): Its process id.
+        state (str): The kernel's state letter for it, e.g. ``"D"`` (uninterruptible
+            sleep).
+    """
 
     name: str
     pid: int

@@ -5,7 +5,7 @@ test's event loop and always tears them down.
 The pytest plugin (``launch.testing.plugin``, registered as the ``launch`` pytest11 entry
 point) is inert unless used: it adds the ``launcher`` and ``no_leaked_processes``
 fixtures, the ``launch_leak_check`` marker and the ``--launch-leak-check`` option. The
-leak check needs psutil (``pip install 'launch[testing]'``). See docs/embedding.md.
+leak check needs psutil (``pip install 'launch-tree[testing]'``). See docs/embedding.md.
 """
 
 from __future__ import annotations

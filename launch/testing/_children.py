@@ -32,6 +32,24 @@ def misbehaving(
 
     ``misbehaving("crash", delay=0.5)``, ``misbehaving("hang", ready_timeout=1)``,
     ``misbehaving("die_after_ready", after=0.2, code=3)``.
+
+    Args:
+        kind: One of :data:`MISBEHAVIOURS`: ``"crash"``, ``"hang"``, ``"slow_start"``,
+            ``"die_after_ready"``, ``"ignore_sigterm"`` or ``"serve"``.
+        name: The child's name; default: ``kind`` with ``-`` for ``_`` (e.g.
+            ``"die-after-ready"``).
+        start_method: How the child starts (:data:`launch.StartMethod`).
+        ready_timeout: The spec's ``ready_timeout`` in seconds (``None``: no deadline).
+        **kwargs: Passed to the target in ``launch.testing.targets``, as the kind
+            takes them: ``crash(delay, message)``, ``hang(phase_name)``,
+            ``slow_start(seconds)``, ``die_after_ready(after, code)``, ``serve(init)``.
+
+    Returns:
+        A :class:`ProcessSpec` running ``launch.testing.targets:<kind>``.
+
+    Raises:
+        ValueError: ``kind`` is not one of :data:`MISBEHAVIOURS` (or the spec is
+            otherwise invalid, as :class:`ProcessSpec` checks).
     """
     if kind not in MISBEHAVIOURS:
         raise ValueError(

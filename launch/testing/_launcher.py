@@ -27,6 +27,13 @@ class Launcher:
     :class:`LaunchFailed` if startup fails. A child dying later is recorded in
     ``failures`` and re-raised when the launcher closes (the test fails on it) unless
     the test took it with :meth:`take_failures`. Closing stops and reaps everything.
+
+    The ``launcher`` fixture of the pytest plugin is one of these, already entered.
+
+    Attributes:
+        failures (list[LaunchFailed]): The failures recorded after READY (a child
+            died), not taken yet; the first is raised when the launcher closes without
+            an exception of its own.
     """
 
     def __init__(self) -> None:
@@ -54,7 +61,12 @@ class Launcher:
         return None
 
     def take_failures(self) -> list[LaunchFailed]:
-        """The failures recorded so far (a child died after READY); clears them."""
+        """The failures recorded so far (a child died after READY); clears them.
+
+        Returns:
+            The recorded :class:`LaunchFailed` errors, oldest first; the launcher no
+            longer raises them when it closes.
+        """
         failures, self.failures = self.failures, []
         return failures
 
@@ -72,7 +84,26 @@ class Launcher:
         name: str = "group",
         shutdown: ShutdownPolicy | None = None,
     ) -> Group:
-        """Start a group; returns it once every child is READY."""
+        """Start a group; returns it once every child is READY.
+
+        It runs until the launcher closes. Arguments as for :func:`launch.open_group`.
+
+        Args:
+            specs: The children to start: a non-empty list of :class:`ProcessSpec` with
+                unique names.
+            name: The group's name.
+            shutdown: How children are stopped; ``None`` for the default
+                :class:`ShutdownPolicy`.
+
+        Returns:
+            The running :class:`Group`.
+
+        Raises:
+            RuntimeError: The launcher is not entered (use ``async with``).
+            ValueError: ``specs`` is invalid.
+            LaunchFailed: Startup failed (a child failed to spawn, crashed or missed
+                its ``ready_timeout``).
+        """
         if self._tg is None:
             raise RuntimeError("use the Launcher as `async with Launcher() as launcher`")
         group: Group = await self._tg.start(
@@ -81,7 +112,22 @@ class Launcher:
         return group
 
     async def pipeline(self, spec: PipelineSpec) -> Pipeline:
-        """Start a pipeline; returns it once every stage is READY."""
+        """Start a pipeline; returns it once every stage is READY.
+
+        It runs until the launcher closes.
+
+        Args:
+            spec: The pipeline to start.
+
+        Returns:
+            The running :class:`Pipeline`.
+
+        Raises:
+            RuntimeError: The launcher is not entered (use ``async with``).
+            TypeError: ``spec`` is not a :class:`PipelineSpec`.
+            LaunchFailed: Startup failed (a child failed to spawn, crashed or missed
+                its ``ready_timeout``, or a stage could not lock its devices).
+        """
         if self._tg is None:
             raise RuntimeError("use the Launcher as `async with Launcher() as launcher`")
         pipeline: Pipeline = await self._tg.start(self._serve, open_pipeline(spec))

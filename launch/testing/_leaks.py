@@ -31,7 +31,8 @@ from .._lock import LAUNCH_LOCK
 
 TOKEN_ENV = "LAUNCH_TESTING_TOKENS"
 """Environment variable listing (``:``-separated) the tokens of the leak-checking
-processes a process descends from."""
+processes a process descends from: every process a test starts inherits it, so the leak
+check recognises an orphan of the test whatever its name."""
 
 _SETTLE_S = 1.0
 _KILL_WAIT_S = 2.0
@@ -55,7 +56,12 @@ def session_token() -> str:
 
 
 class LeakedProcesses(AssertionError):
-    """Processes started during a test were still running after it (they are killed)."""
+    """Processes started during a test were still running after it (they are killed).
+
+    An ``AssertionError``, raised by :meth:`ProcessWatch.check` (the
+    ``no_leaked_processes`` fixture turns it into the test's failure); its message
+    lists each leaked process as ``"pid command"``. It carries no other attributes.
+    """
 
 
 def _psutil() -> Any:
@@ -63,7 +69,7 @@ def _psutil() -> Any:
         import psutil  # type: ignore[import-untyped]
     except ImportError:
         raise RuntimeError(
-            "launch's leak check needs psutil: pip install 'launch[testing]'"
+            "launch's leak check needs psutil: pip install 'launch-tree[testing]'"
         ) from None
     return psutil
 
@@ -75,6 +81,18 @@ class ProcessWatch:
 
     Long-lived singletons are not leaks: launch's forkserver and multiprocessing's
     resource tracker.
+
+    Making one adds this process's token to ``os.environ[TOKEN_ENV]`` (see
+    :data:`TOKEN_ENV`), so every process started from here on carries it.
+
+    Attributes:
+        token (str): This process's leak-check token.
+        before (set[int]): The pids of this process's descendants when the watch was
+            made (never counted as leaks).
+        started (float): ``time.time()`` when the watch was made.
+
+    Raises:
+        RuntimeError: psutil is not installed (``pip install 'launch-tree[testing]'``).
     """
 
     def __init__(self) -> None:
@@ -112,7 +130,13 @@ class ProcessWatch:
         return proc if self.token in tokens else None
 
     def leftovers(self) -> list[Any]:
-        """The processes that leaked (``psutil.Process`` objects)."""
+        """The processes that leaked (``psutil.Process`` objects).
+
+        Returns:
+            The live (not zombie) processes that appeared since the watch was made and
+            are this process's descendants or carry its token, less the allowed
+            singletons; nothing is killed.
+        """
         psutil = self._psutil
         allowed = self._allowed()
         found: dict[int, Any] = {}
@@ -136,7 +160,15 @@ class ProcessWatch:
         return f"{proc.pid} {command}"
 
     def check(self) -> None:
-        """Kill whatever leaked and raise :class:`LeakedProcesses` naming it."""
+        """Kill whatever leaked and raise :class:`LeakedProcesses` naming it.
+
+        A process still there after a short grace (about a second) is a leak; each is
+        sent SIGKILL and waited for (about two seconds at most), never reaped.
+
+        Raises:
+            LeakedProcesses: Some processes leaked; the message names them (they are
+                killed by then).
+        """
         psutil = self._psutil
         leaked = self.leftovers()
         # A process already on its way out (a SIGKILL pending on a loaded machine, e.g. a

@@ -3,6 +3,10 @@ so that its teardown must escalate to SIGKILL; the signal tests interrupt it.
 
 usage: fault_signals_parent.py trio|asyncio|blocking
 Prints one JSON line with the children's pids once all are READY, then waits.
+
+usage: fault_signals_parent.py startup trio|asyncio
+Starts a group whose READY would take 30 s and prints "starting"; on Ctrl-C, prints
+the repr of what ``open_group`` raised.
 """
 
 from __future__ import annotations
@@ -34,7 +38,21 @@ async def hold() -> None:
         await anyio.sleep_forever()
 
 
+async def interrupted_startup() -> None:
+    slow = [misbehaving("slow_start", name="slow", seconds=30.0)]
+    print("starting", flush=True)
+    try:
+        async with launch.open_group(slow, shutdown=POLICY):
+            pass
+    except BaseException as exc:
+        print(f"raised {exc!r}", flush=True)
+        raise
+
+
 def main(mode: str) -> None:
+    if mode == "startup":
+        anyio.run(interrupted_startup, backend=sys.argv[2])
+        return
     if mode == "blocking":
         with launch.start_group(SPECS, shutdown=POLICY) as group:
             report(group.children)

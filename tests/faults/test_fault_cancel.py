@@ -93,3 +93,30 @@ async def test_a_stage_failing_at_once_while_another_opens_its_group(
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(10)
+
+
+async def test_the_root_cause_is_the_earliest_failure_even_when_its_exit_is_slow(
+    start_method: str,
+) -> None:
+    # "early" raises first but takes 2 s over its interpreter's exit; "late" raises 0.25 s
+    # later and exits at once. The parent must not lose "early" while it waits for its exit.
+    specs = [
+        ProcessSpec(
+            "fault_signals_targets:crash_slow_exit",
+            name="early",
+            kwargs={"delay": 0.2},
+            start_method=start_method,  # type: ignore[arg-type]
+        ),
+        ProcessSpec(
+            "fault_signals_targets:crash_at",
+            name="late",
+            kwargs={"delay": 0.45},
+            start_method=start_method,  # type: ignore[arg-type]
+        ),
+    ]
+    with pytest.raises(launch.LaunchFailed) as info:
+        async with launch.open_group(specs, shutdown=FAST):
+            pytest.fail("READY without a crash")
+    first = info.value.first
+    assert first.name == "early"
+    assert first.remote_message == "the first failure"

@@ -63,3 +63,29 @@ def test_ctrl_c_storm_during_teardown_kills_everything_then_interrupts(mode: str
             parent.wait()
         for pid in live(pids):
             psutil.Process(pid).kill()
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_ctrl_c_during_startup_is_a_plain_keyboard_interrupt(backend: str) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, str(PARENT), "startup", backend],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline().strip() == "starting"
+        time.sleep(0.5)  # into the child's init
+        parent.send_signal(signal.SIGINT)
+        stdout, stderr = parent.communicate(timeout=TEARDOWN_BUDGET_S + MARGIN_S)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    # Not an ExceptionGroup of one KeyboardInterrupt from launch's task groups. asyncio's
+    # runner turns the first Ctrl-C into a cancel of the main task (and raises
+    # KeyboardInterrupt out of asyncio.run afterwards).
+    expected = "KeyboardInterrupt()" if backend == "trio" else "CancelledError()"
+    assert stdout.strip() == f"raised {expected}"
+    assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr[-1000:]
