@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from procs import alive
 
 PARENT = Path(__file__).with_name("fault_signals_parent.py")
 TEARDOWN_BUDGET_S = 0.5 + 0.5 + 1.0  # the parent's ShutdownPolicy
@@ -19,14 +20,7 @@ MARGIN_S = 8.0  # a loaded 2-core machine; a stalled teardown never ends at all
 
 
 def live(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
+    return [pid for pid in pids if alive(pid)]
 
 
 @pytest.mark.parametrize("mode", ["trio", "asyncio", "blocking"])
