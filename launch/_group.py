@@ -272,8 +272,13 @@ class Group:
             child._spawn_done.set()
         self.unreaped = await teardown(self.children, self.shutdown)
         for failure in self.failures:  # declared before its child had finished exiting
-            if failure.exitcode is None and failure.name in self._by_name:
-                failure.exitcode = self._by_name[failure.name].exitcode
+            child = self._by_name.get(failure.name)
+            if child is None:
+                continue
+            if failure.exitcode is None:
+                failure.exitcode = child.exitcode
+            if not failure.output_tail:  # its last lines, read while it exited
+                failure.output_tail = child.output_tail or None
 
 
 @asynccontextmanager
