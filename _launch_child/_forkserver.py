@@ -35,7 +35,7 @@ import socket
 import struct
 import sys
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 from ._bootstrap import fork_main
 from ._tree import Proc, children, read_stat, set_child_subreaper
@@ -141,12 +141,13 @@ def _pin_parent() -> Proc | None:
     return Proc.parent(os.getppid())
 
 
-def serve(fd: int) -> None:
-    """Serve fork requests on socket ``fd`` until the parent closes it or exits."""
+def serve(fd: int) -> NoReturn:
+    """Serve fork requests on socket ``fd`` until the parent closes it or exits; then
+    exit at once."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     launcher = _pin_parent()
     if launcher is None:
-        return
+        os._exit(0)
     set_child_subreaper()
     sock = socket.socket(fileno=fd)
     wake_r, wake_w = os.pipe()
@@ -217,3 +218,7 @@ def serve(fd: int) -> None:
                 os.close(unexpected)
     for status_fd in status_fds.values():
         os.close(status_fd)
+    # Not a return into the interpreter's own exit: with torch or vLLM preloaded, that
+    # takes seconds, while the launch parent is gone or done. Children still running are
+    # taken down by their guards.
+    os._exit(0)

@@ -1,7 +1,9 @@
 """The ``launch`` command line: ``up``, ``check``, ``demo``, ``trace`` and ``bench``.
 
 Exit codes: 0 stopped on request (or the demo finished), 2 bad arguments or pipeline
-file, 3 startup failed, 4 a child died while the pipeline was up.
+file, 3 startup failed, 4 a child died while the pipeline was up, 130 ``bench``
+interrupted. Output files (``--trace``, ``--timeline``, ``bench --out``) are checked
+before anything starts.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from ._pipeline_spec import PipelineSpec
 
 EPILOG = """\
 exit codes: 0 stopped on request (Ctrl-C, SIGTERM) or demo done; 2 bad arguments or
-pipeline file; 3 startup failed; 4 a child died while the pipeline was up.
+pipeline file; 3 startup failed; 4 a child died while the pipeline was up; 130 bench
+interrupted (what was measured is still written).
 pipeline file reference: docs/pipeline-file.md"""
+CHECK_HELP = "validate a pipeline file and find its targets' modules, without starting anything"
+TRACE_HELP = "render a trace saved by --trace as a Gantt chart"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,14 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = runner("up", "start a pipeline file, stay up until Ctrl-C or SIGTERM, then stop it")
     up.add_argument("file", type=Path, help="pipeline file (TOML)")
-    check = commands.add_parser("check", help="validate a pipeline file without starting anything")
+    check = commands.add_parser("check", help=CHECK_HELP, description=CHECK_HELP, epilog=EPILOG)
     check.add_argument("file", type=Path, help="pipeline file (TOML)")
-    trace = commands.add_parser(
-        "trace", help="render a saved trace (from --trace) as a Gantt chart"
-    )
+    trace = commands.add_parser("trace", help=TRACE_HELP, description=TRACE_HELP, epilog=EPILOG)
     trace.add_argument("file", type=Path, help="trace written by --trace")
     trace.add_argument(
-        "--timeline", type=Path, required=True, metavar="OUT.png", help="chart to write"
+        "--timeline",
+        type=Path,
+        required=True,
+        metavar="OUT.png",
+        help="chart to write (.png, .svg or .pdf; needs matplotlib)",
     )
     trace.add_argument("--whole", action="store_true", help="show serving and stopping too")
     demo = runner("demo", "start the embedded three-stage demo, show its startup, stop it")
@@ -79,11 +86,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the demo's children start (default: spawn)",
     )
     add_bench_parser(commands, EPILOG)
+    vllm_help = "vLLM's OpenAI server, engines and workers started by launch: vllm serve MODEL ..."
+    commands.add_parser("vllm", help=vllm_help, add_help=False)  # vLLM's parser reads the rest
     return parser
 
 
 def _err(message: str) -> None:
     print(f"launch: {message}", file=sys.stderr, flush=True)
+
+
+def output_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with the output files ``args`` asks for, checked before anything
+    starts (a chart format or a directory found missing after a long run is too late)."""
+    from ._gantt import chart_problem
+    from ._trace import output_problem
+
+    problems = []
+    trace = getattr(args, "trace", None)
+    if trace is not None and (problem := output_problem(trace)) is not None:
+        problems.append(f"--trace {trace}: {problem}")
+    timeline = getattr(args, "timeline", None)
+    if timeline is not None and (problem := chart_problem(timeline)) is not None:
+        problems.append(f"--timeline {timeline}: {problem}")
+    return problems
 
 
 def _check(file: Path) -> int:
@@ -124,14 +149,15 @@ def _run(spec: PipelineSpec, args: argparse.Namespace, *, stay_up: bool) -> int:
     outcome = anyio.run(main, backend=args.backend)
     code = outcome.exit_code
     timeline = outcome.pipeline.timeline
-    if args.trace is not None:
-        print(f"trace: {timeline.write_trace(args.trace)} (open it in https://ui.perfetto.dev)")
-    if args.timeline is not None:
-        try:
+    try:
+        if args.trace is not None:
+            path = timeline.write_trace(args.trace)
+            print(f"trace: {path} (open it in https://ui.perfetto.dev)")
+        if args.timeline is not None:
             print(f"timeline: {timeline.write_chart(args.timeline)}")
-        except RuntimeError as exc:  # matplotlib missing
-            _err(str(exc))
-            code = code or 2
+    except (OSError, ValueError, RuntimeError) as exc:  # checked before the run; still possible
+        _err(f"could not write the output: {exc}")
+        code = code or 2
     return code
 
 
@@ -141,7 +167,7 @@ def _trace(args: argparse.Namespace) -> int:
     try:
         timeline = Timeline.read_trace(args.file)
         path = timeline.write_chart(args.timeline, whole=args.whole)
-    except (ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:
         _err(str(exc))
         return 2
     ready = timeline.all_ready
@@ -153,6 +179,11 @@ def _trace(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``launch`` and ``python -m launch``."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["vllm"]:
+        from .integrations.vllm_serve import main as vllm_main
+
+        return vllm_main(argv[1:])
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -164,12 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     file = getattr(args, "file", None)
     if file is not None and str(file.resolve().parent) not in sys.path:
         sys.path.append(str(file.resolve().parent))
+    problems = output_problems(args)
+    if args.command == "bench":
+        from ._bench_cli import out_problem
+
+        problems += out_problem(args)
+    for problem in problems:
+        _err(problem)
+    if problems:
+        return 2
     if args.command == "check":
         return _check(args.file)
     if args.command == "trace":
         return _trace(args)
     if args.command == "bench":
-        return run_bench_command(args)
+        return run_bench_command(args, argv)
     if args.command == "up":
         from ._config import ConfigError, load_pipeline
 

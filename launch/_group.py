@@ -272,13 +272,13 @@ class Group:
             child._spawn_done.set()
         self.unreaped = await teardown(self.children, self.shutdown)
         for failure in self.failures:  # declared before its child had finished exiting
-            child = self._by_name.get(failure.name)
-            if child is None:
+            failed = self._by_name.get(failure.name)
+            if failed is None:
                 continue
             if failure.exitcode is None:
-                failure.exitcode = child.exitcode
+                failure.exitcode = failed.exitcode
             if not failure.output_tail:  # its last lines, read while it exited
-                failure.output_tail = child.output_tail or None
+                failure.output_tail = failed.output_tail or None
 
 
 @asynccontextmanager

@@ -23,6 +23,10 @@ Written against vLLM 0.32 and 0.26 (``vllm.v1.executor.multiproc_executor``); si
 ``nnodes_within_dp == 1``. Workers start the way vLLM's own executor would start them
 (``fork`` by default, ``spawn`` once CUDA is up); ``LAUNCH_VLLM_START_METHOD`` overrides it
 with ``spawn``, ``fork`` or ``forkserver`` (launch's own; preload with ``launch.prewarm``).
+
+``open_async_llm`` (async) and ``start_llm`` (blocking) are vLLM's ``AsyncLLM`` and an
+``LLM``-like ``generate`` whose engine cores (``launch.integrations.vllm_dp``) and workers
+run in launch's tree: a worker failing reaches their caller as ``LaunchFailed``.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ import signal
 import sys
 import threading
 from collections import deque
-from contextlib import ExitStack
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import ExitStack, asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 from vllm.config import VllmConfig
 from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
 from vllm.envs import VLLM_MQ_MAX_CHUNK_BYTES_MB
@@ -53,8 +59,16 @@ from .._blocking import GroupHandle, start_group
 from .._child import Child
 from .._errors import LaunchFailed
 from .._lock import LAUNCH_LOCK
-from .._spec import ProcessSpec, ShutdownPolicy
+from .._spec import ProcessSpec, ShutdownPolicy, StartMethod
 
+if TYPE_CHECKING:
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.outputs import RequestOutput
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from .vllm_dp import EngineCores
+
+T = TypeVar("T")
 logger = logging.getLogger("launch")
 
 WORKER_TARGET = "launch.integrations.vllm:worker"
@@ -78,7 +92,9 @@ class LaunchedProcess:
         return self._child.exitcode
 
     def is_alive(self) -> bool:
-        return self._child.exitcode is None and self._child.pid is not None
+        # not "exitcode is None": a child whose exit status died with launch's forkserver
+        # has exited with exitcode None
+        return self._child.pid is not None and not self._child.has_exited
 
 
 def _omp_env(manager: OMPProcessManager, rank: int, local_rank: int) -> dict[str, str]:
@@ -310,3 +326,286 @@ def worker(
     except BaseException:
         proc.shutdown()
         raise
+
+
+def _engine_config(engine_args: EngineArgs | VllmConfig, usage_context: Any) -> VllmConfig:
+    if isinstance(engine_args, VllmConfig):
+        return engine_args
+    config: VllmConfig = engine_args.create_engine_config(usage_context=usage_context)
+    return config
+
+
+def engine_executor(vllm_config: VllmConfig) -> type[Any]:
+    """The executor class for the engines of ``vllm_config``: :class:`LaunchExecutor`
+    where vLLM would use its own ``mp`` backend (more than one worker on the node),
+    else vLLM's choice (``uni``: the worker runs inside the engine; or the user's)."""
+    from vllm.v1.executor import Executor
+
+    if vllm_config.parallel_config.distributed_executor_backend == "mp":
+        return LaunchExecutor
+    executor: type[Any] = Executor.get_class(vllm_config)
+    return executor
+
+
+@asynccontextmanager
+async def open_async_llm(
+    engine_args: EngineArgs | VllmConfig,
+    *,
+    ready_timeout: float | None = 600.0,
+    start_method: StartMethod | None = None,
+    shutdown: ShutdownPolicy | None = None,
+    **async_llm_kwargs: Any,
+) -> AsyncIterator[AsyncLLM]:
+    """vLLM's ``AsyncLLM`` whose engine cores (every DP rank, and the DP coordinator)
+    and workers are started and supervised by launch (asyncio only: vLLM's client is).
+
+        async with open_async_llm(AsyncEngineArgs(model, tensor_parallel_size=2)) as llm:
+            async for out in llm.generate(prompt, SamplingParams(), "req-0"): ...
+
+    The engines start as :func:`~launch.integrations.vllm_dp.open_engine_cores` starts
+    them, with :class:`LaunchExecutor` where vLLM would use its ``mp`` executor. The
+    block is entered once every engine is in its busy loop; an engine or worker dying
+    while it runs cancels it. Leaving it shuts the client down, then stops the engines.
+
+    Args:
+        engine_args: vLLM's ``AsyncEngineArgs`` (or ``EngineArgs``), or a ``VllmConfig``.
+        ready_timeout: seconds for each engine's start and handshake; None: no deadline.
+        start_method: how the engines start; the one vLLM would use by default.
+        shutdown: how the engines are stopped when the block is left.
+        **async_llm_kwargs: passed to ``AsyncLLM.from_vllm_config`` (``stat_loggers``,
+            ``enable_log_requests``, ``disable_log_stats``, ...).
+
+    Yields:
+        The running ``AsyncLLM``.
+
+    Raises:
+        LaunchFailed: an engine (or one of its workers) failed; ``.first`` names it and
+            carries its own exception and traceback (a worker's, through its engine's).
+        ValueError: the config is not one node's data parallelism (``open_engine_cores``).
+    """
+    async with _open_llm_and_cores(
+        engine_args,
+        ready_timeout=ready_timeout,
+        start_method=start_method,
+        shutdown=shutdown,
+        **async_llm_kwargs,
+    ) as (llm, _):
+        yield llm
+
+
+@asynccontextmanager
+async def _open_llm_and_cores(
+    engine_args: EngineArgs | VllmConfig,
+    *,
+    ready_timeout: float | None = 600.0,
+    start_method: StartMethod | None = None,
+    shutdown: ShutdownPolicy | None = None,
+    **async_llm_kwargs: Any,
+) -> AsyncIterator[tuple[AsyncLLM, EngineCores]]:
+    from vllm.usage.usage_lib import UsageContext
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from .vllm_dp import open_engine_cores
+
+    usage = async_llm_kwargs.get("usage_context", UsageContext.ENGINE_CONTEXT)
+    config = _engine_config(engine_args, usage)
+    log_stats = not async_llm_kwargs.get("disable_log_stats", False)
+    async with open_engine_cores(
+        config,
+        executor_class=engine_executor(config),
+        log_stats=log_stats,
+        ready_timeout=ready_timeout,
+        start_method=start_method,
+        shutdown=shutdown,
+    ) as cores:
+        llm = AsyncLLM.from_vllm_config(
+            config, client_addresses=cores.client_addresses, **async_llm_kwargs
+        )
+        try:
+            yield llm, cores
+        finally:
+            llm.shutdown()
+
+
+class LaunchedLLM:
+    """A blocking ``generate`` over an ``AsyncLLM`` whose engines run in launch's tree
+    (what :func:`start_llm` yields): vLLM's ``LLM.generate`` for prompts and sampling
+    parameters, with the engines' failure raised as :class:`LaunchFailed`."""
+
+    def __init__(self, runner: _LLMRunner, reported: list[BaseException]) -> None:
+        self._runner = runner
+        self._reported = reported
+        self._count = 0
+
+    @property
+    def async_llm(self) -> AsyncLLM:
+        """The ``AsyncLLM`` (it lives in the runner's event loop: use :meth:`call`)."""
+        assert self._runner.llm is not None
+        return self._runner.llm
+
+    @property
+    def engines(self) -> EngineCores:
+        """The running engine cores: their launch group and addresses."""
+        assert self._runner.cores is not None
+        return self._runner.cores
+
+    def call(self, fn: Callable[[AsyncLLM], Awaitable[T]]) -> T:
+        """Run ``await fn(async_llm)`` in the engines' event loop and return its result.
+
+        Raises:
+            LaunchFailed: the engines failed before or while it ran.
+        """
+        try:
+            return self._runner.call(fn)
+        except LaunchFailed as failure:
+            self._reported.append(failure)
+            raise
+
+    def generate(
+        self, prompts: Any, sampling_params: Any = None, *, request_prefix: str = "launch"
+    ) -> list[RequestOutput]:
+        """vLLM's ``LLM.generate``: one output per prompt, in order.
+
+        Args:
+            prompts: a prompt (text, or ``{"prompt_token_ids": [...]}``) or a list of them.
+            sampling_params: one ``SamplingParams`` for all, or one per prompt; vLLM's
+                defaults when None.
+            request_prefix: prefix of the request ids.
+
+        Returns:
+            The final ``RequestOutput`` of each prompt.
+
+        Raises:
+            LaunchFailed: an engine or worker failed.
+        """
+        from vllm import SamplingParams
+
+        many = isinstance(prompts, list)
+        batch: list[Any] = list(prompts) if many else [prompts]
+        if sampling_params is None or not isinstance(sampling_params, Sequence):
+            params = [sampling_params or SamplingParams()] * len(batch)
+        else:
+            params = list(sampling_params)
+        if len(params) != len(batch):
+            raise ValueError(f"{len(params)} sampling params for {len(batch)} prompts")
+        first = self._count
+        self._count += len(batch)
+
+        async def run(llm: AsyncLLM) -> list[RequestOutput]:
+            results: list[Any] = [None] * len(batch)
+
+            async def one(i: int) -> None:
+                request_id = f"{request_prefix}-{first + i}"
+                async for output in llm.generate(batch[i], params[i], request_id):
+                    results[i] = output
+
+            async with anyio.create_task_group() as tg:
+                for i in range(len(batch)):
+                    tg.start_soon(one, i)
+            return results
+
+        return self.call(run)
+
+
+class _LLMRunner:
+    """Holds :func:`open_async_llm` open in a task of a blocking portal's loop; runs the
+    caller's requests inside it, so that the engines' failure cancels them."""
+
+    def __init__(self, engine_args: EngineArgs | VllmConfig, kwargs: dict[str, Any]) -> None:
+        self.engine_args = engine_args
+        self.kwargs = kwargs
+        self.llm: AsyncLLM | None = None
+        self.cores: EngineCores | None = None
+        self.stop = anyio.Event()
+        self.failure: BaseException | None = None
+        self._scopes: set[anyio.CancelScope] = set()
+        self._portal: Any = None
+
+    async def serve(self, *, task_status: Any) -> None:
+        try:
+            async with _open_llm_and_cores(self.engine_args, **self.kwargs) as (llm, cores):
+                self.llm, self.cores = llm, cores
+                task_status.started()
+                await self.stop.wait()
+        except BaseException as exc:
+            self.failure = exc
+            raise
+        finally:
+            for scope in self._scopes:
+                scope.cancel()
+
+    async def _call(self, fn: Callable[[AsyncLLM], Awaitable[T]]) -> T:
+        if self.failure is not None:
+            raise self.failure
+        assert self.llm is not None
+        with anyio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                return await fn(self.llm)
+            finally:
+                self._scopes.discard(scope)
+        assert self.failure is not None  # cancelled: only serve() cancels it, on its way out
+        raise self.failure
+
+    def call(self, fn: Callable[[AsyncLLM], Awaitable[T]]) -> T:
+        result: T = self._portal.call(self._call, fn)
+        return result
+
+
+@contextmanager
+def start_llm(
+    engine_args: EngineArgs | VllmConfig,
+    *,
+    ready_timeout: float | None = 600.0,
+    start_method: StartMethod | None = None,
+    shutdown: ShutdownPolicy | None = None,
+    **async_llm_kwargs: Any,
+) -> Iterator[LaunchedLLM]:
+    """Blocking :func:`open_async_llm`: an object with vLLM's ``LLM.generate`` whose
+    engines and workers run in launch's tree, for synchronous code.
+
+        with start_llm(EngineArgs(model, tensor_parallel_size=2)) as llm:
+            outputs = llm.generate(["Hello"], SamplingParams(max_tokens=8))
+
+    The engines' event loop (asyncio) runs in a thread of its own (an anyio blocking
+    portal), so this works from a plain script and from a thread whose loop runs.
+
+    Args:
+        engine_args: vLLM's ``EngineArgs`` (or ``AsyncEngineArgs``), or a ``VllmConfig``.
+        ready_timeout: seconds for each engine's start and handshake; None: no deadline.
+        start_method: how the engines start; the one vLLM would use by default.
+        shutdown: how the engines are stopped when the block is left.
+        **async_llm_kwargs: passed to ``AsyncLLM.from_vllm_config``.
+
+    Yields:
+        A :class:`LaunchedLLM` (``generate``, ``call``, ``async_llm``, ``engines``).
+
+    Raises:
+        LaunchFailed: an engine or worker failed: at start, from ``generate`` while the
+            engines run, or on leaving the block if no call has raised it yet.
+    """
+    from anyio.from_thread import start_blocking_portal
+
+    runner = _LLMRunner(
+        engine_args,
+        dict(
+            async_llm_kwargs,
+            ready_timeout=ready_timeout,
+            start_method=start_method,
+            shutdown=shutdown,
+        ),
+    )
+    with start_blocking_portal("asyncio") as portal:
+        runner._portal = portal
+        future, _ = portal.start_task(runner.serve)
+        reported: list[BaseException] = []
+        try:
+            yield LaunchedLLM(runner, reported)
+        finally:
+            if not future.done():
+                portal.call(runner.stop.set)
+            try:
+                future.result()
+            except LaunchFailed as failure:
+                if failure not in reported:
+                    raise

@@ -55,7 +55,9 @@ from .vllm import exit_after_stop, stop_with_sigterm
 ENGINE_TARGET = "launch.integrations.vllm_dp:engine_core"
 COORDINATOR_TARGET = "launch.integrations.vllm_dp:coordinator"
 COORDINATOR = "DPCoordinator"
-SHUTDOWN = ShutdownPolicy(stop_timeout=5.0, term_timeout=3.0, kill_timeout=1.0)
+# term_timeout: an engine still in its startup (KV cache, warm-up) takes SIGTERM as a
+# request vLLM only acts on once started; seconds that a sibling's failure must not wait
+SHUTDOWN = ShutdownPolicy(stop_timeout=5.0, term_timeout=0.5, kill_timeout=1.0)
 _POLL_MS = 100
 
 
@@ -65,8 +67,61 @@ class EngineCores:
 
     group: Group
     client_addresses: dict[str, Any]
-    """For ``AsyncLLM.from_vllm_config(..., client_addresses=...)``."""
+    """For ``AsyncLLM.from_vllm_config(..., client_addresses=...)`` (the first client)."""
     addresses: EngineZmqAddresses
+
+    def client_config(self, index: int = 0) -> dict[str, Any]:
+        """What client ``index`` passes to vLLM's API server (:func:`client_config`)."""
+        return client_config(self.addresses, index)
+
+
+def engine_addresses(vllm_config: VllmConfig, api_server_count: int = 1) -> EngineZmqAddresses:
+    """Fresh IPC addresses for the engines of ``vllm_config`` and ``api_server_count``
+    clients: each client's input and output, and the DP coordinator's when vLLM needs
+    one. Chosen before anything starts, so the clients can start with the engines.
+
+    Args:
+        vllm_config: the engines' config (does it need a DP coordinator?).
+        api_server_count: how many clients (API servers) the engines serve.
+
+    Returns:
+        The addresses, for ``open_engine_cores(..., addresses=...)``.
+
+    Raises:
+        ValueError: ``api_server_count`` is below 1.
+    """
+    if api_server_count < 1:
+        raise ValueError(f"api_server_count must be at least 1, got {api_server_count}")
+    addresses = EngineZmqAddresses(
+        inputs=[get_open_zmq_ipc_path() for _ in range(api_server_count)],
+        outputs=[get_open_zmq_ipc_path() for _ in range(api_server_count)],
+    )
+    if vllm_config.needs_dp_coordinator:
+        front, back_out, back_pub = (get_open_zmq_ipc_path() for _ in range(3))
+        addresses.coordinator_input, addresses.coordinator_output = back_pub, back_out
+        addresses.frontend_stats_publish_address = front
+    return addresses
+
+
+def client_config(addresses: EngineZmqAddresses, index: int = 0) -> dict[str, Any]:
+    """What client ``index`` passes to vLLM's API server (``run_server_worker``'s
+    ``client_config``): its own input and output addresses, the coordinator's stats
+    address, and the client count and index.
+
+    Args:
+        addresses: the engines' addresses (:func:`engine_addresses`).
+        index: which client.
+
+    Returns:
+        The ``client_config`` mapping.
+    """
+    return {
+        "input_address": addresses.inputs[index],
+        "output_address": addresses.outputs[index],
+        "stats_update_address": addresses.frontend_stats_publish_address,
+        "client_count": len(addresses.inputs),
+        "client_index": index,
+    }
 
 
 def engine_name(dp_rank: int) -> str:
@@ -110,7 +165,8 @@ def _check(vllm_config: VllmConfig) -> None:
             f"data_parallel_size_local={parallel.data_parallel_size_local} of "
             f"data_parallel_size={parallel.data_parallel_size} (every rank must be local)"
         )
-    if parallel.data_parallel_rank_local is not None:
+    # with DP=1 vLLM sets data_parallel_rank_local (its offline mode): one engine, rank 0
+    if parallel.data_parallel_size > 1 and parallel.data_parallel_rank_local is not None:
         problems.append("data_parallel_rank_local is set (offline one-engine-per-LLM mode)")
     if parallel.data_parallel_rank != 0:
         problems.append(f"data_parallel_rank={parallel.data_parallel_rank} (must be 0)")
@@ -129,6 +185,8 @@ async def open_engine_cores(
     ready_timeout: float | None = 600.0,
     start_method: StartMethod | None = None,
     shutdown: ShutdownPolicy | None = None,
+    api_server_count: int = 1,
+    addresses: EngineZmqAddresses | None = None,
 ) -> AsyncIterator[EngineCores]:
     """Start vLLM's engine cores, one per DP rank, as a launch group; enter the block once
     every engine has completed its handshake and is in its busy loop.
@@ -137,8 +195,25 @@ async def open_engine_cores(
     ``launch.integrations.vllm.LaunchExecutor`` for workers started by launch too).
     ``start_method`` defaults to the one vLLM would use (``fork`` unless CUDA is up in
     this process): a forked engine does not import torch and vLLM again.
-    Raises ``ValueError`` for a config that is not one node's internal DP, and
-    ``LaunchFailed`` (the failing engine's traceback) if an engine fails to start.
+
+    Args:
+        vllm_config: the engine config; each rank gets a copy, this one is not changed.
+        executor_class: the engines' executor; vLLM's choice for the config by default.
+        log_stats: passed to each engine core.
+        ready_timeout: seconds for each engine's start and handshake; None: no deadline.
+        start_method: how engines start; the one vLLM would use by default.
+        shutdown: how engines are stopped when the block is left.
+        api_server_count: how many clients (API servers) the engines serve, each with
+            its own input and output address (:meth:`EngineCores.client_config`).
+        addresses: the addresses to use (:func:`engine_addresses`), when the clients
+            start before the engines are READY; fresh ones by default.
+
+    Yields:
+        The :class:`EngineCores`: the group, and the addresses for ``AsyncLLM``.
+
+    Raises:
+        ValueError: the config is not one node's internal data parallelism.
+        LaunchFailed: an engine failed to start (its traceback, or its worker's).
     """
     from vllm.v1.executor import Executor
 
@@ -150,23 +225,19 @@ async def open_engine_cores(
         from vllm.utils.system_utils import get_mp_context
 
         start_method = get_mp_context().get_start_method()
-    addresses = EngineZmqAddresses(
-        inputs=[get_open_zmq_ipc_path()], outputs=[get_open_zmq_ipc_path()]
-    )
+    if addresses is None:
+        addresses = engine_addresses(vllm_config, api_server_count)
     specs: list[ProcessSpec] = []
     if vllm_config.needs_dp_coordinator:
-        front, back_out, back_pub = (get_open_zmq_ipc_path() for _ in range(3))
-        addresses.coordinator_input, addresses.coordinator_output = back_pub, back_out
-        addresses.frontend_stats_publish_address = front
         specs.append(
             ProcessSpec(
                 COORDINATOR_TARGET,
                 name=COORDINATOR,
                 kwargs={
                     "engine_count": dp_size,
-                    "front_publish_address": front,
-                    "back_output_address": back_out,
-                    "back_publish_address": back_pub,
+                    "front_publish_address": addresses.frontend_stats_publish_address,
+                    "back_output_address": addresses.coordinator_output,
+                    "back_publish_address": addresses.coordinator_input,
                     "enable_wave_coordination": vllm_config.model_config.is_moe,
                 },
                 start_method=start_method,
@@ -215,13 +286,11 @@ async def open_engine_cores(
                 specs, name="vllm-engines", shutdown=shutdown or SHUTDOWN
             ) as group:
                 await handshake.done.wait()  # every engine READY over ZMQ came first
+                first = client_config(addresses, 0)
+                keys = ("input_address", "output_address", "stats_update_address")
                 yield EngineCores(
                     group=group,
-                    client_addresses={
-                        "input_address": addresses.inputs[0],
-                        "output_address": addresses.outputs[0],
-                        "stats_update_address": addresses.frontend_stats_publish_address,
-                    },
+                    client_addresses={key: first[key] for key in keys},
                     addresses=addresses,
                 )
     except BaseExceptionGroup as eg:

@@ -43,11 +43,17 @@ class StandInWorker(WorkerBase):  # type: ignore[misc]
         time.sleep(options.get("load_s", 0.0))
         dp_rank = getattr(self.parallel_config, "data_parallel_index", None)
         if options.get("fail_dp_rank") is not None and options["fail_dp_rank"] == dp_rank:
+            if os.environ.get("LAUNCH_FAIL_STAMP"):
+                with open(os.environ["LAUNCH_FAIL_STAMP"], "w") as stamp:
+                    stamp.write(repr(time.time()))
             raise RuntimeError(f"engine {dp_rank}: weights are corrupt (stand-in failure)")
         if options.get("fail_rank") == self.rank:
             if "stamp" in options:  # when it failed, for tools/vllm_failure_compare.py
                 with open(options["stamp"], "w") as stamp:
                     stamp.write(repr(time.monotonic()))
+            if os.environ.get("LAUNCH_FAIL_STAMP"):  # wall clock, as tools/vllm_failing_worker
+                with open(os.environ["LAUNCH_FAIL_STAMP"], "w") as stamp:
+                    stamp.write(repr(time.time()))
             raise RuntimeError(f"weights shard {self.rank} is corrupt (stand-in failure)")
 
     def ping(self) -> dict[str, int]:

@@ -17,13 +17,14 @@ import launch
 pytestmark = pytest.mark.anyio
 
 
-def dp_config(model: Path, **standin: Any) -> Any:
+def dp_config(model: Path, dp: int = 2, tp: int = 1, **standin: Any) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     return AsyncEngineArgs(
         model=str(model),
         skip_tokenizer_init=True,
-        data_parallel_size=2,
+        data_parallel_size=dp,
+        tensor_parallel_size=tp,
         distributed_executor_backend="launch.integrations.vllm.LaunchExecutor",
         enforce_eager=True,
         max_model_len=128,
@@ -33,21 +34,28 @@ def dp_config(model: Path, **standin: Any) -> Any:
     ).create_engine_config()
 
 
+@pytest.mark.parametrize(
+    ("dp", "tp", "names"),
+    [
+        (2, 1, ["DPCoordinator", "EngineCore_DP0", "EngineCore_DP1"]),
+        (1, 2, ["EngineCore_DP0"]),  # TP only: vLLM's most common layout
+    ],
+)
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # vLLM's client is asyncio's
 async def test_dp_engines_start_as_one_group_and_serve_an_async_llm(
-    model_dir: Path, anyio_backend: str
+    model_dir: Path, anyio_backend: str, dp: int, tp: int, names: list[str]
 ) -> None:
     from vllm import SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
 
     from launch.integrations.vllm_dp import open_engine_cores
 
-    config = dp_config(model_dir, load_s=0.1)
+    config = dp_config(model_dir, dp=dp, tp=tp, load_s=0.1)
     before = (config.parallel_config.assigned_physical_gpu_ids, config.parallel_config.world_size)
     async with open_engine_cores(config) as cores:
-        names = [child.name for child in cores.group.children]
-        assert names == ["DPCoordinator", "EngineCore_DP0", "EngineCore_DP1"]
-        assert [c.payload["dp_rank"] for c in cores.group.children[1:]] == [0, 1]
+        assert [child.name for child in cores.group.children] == names
+        engines = [c for c in cores.group.children if c.name.startswith("EngineCore")]
+        assert [c.payload["dp_rank"] for c in engines] == list(range(dp))
         llm = AsyncLLM.from_vllm_config(config, client_addresses=cores.client_addresses)
         try:
 
