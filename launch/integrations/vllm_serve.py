@@ -33,7 +33,10 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .._spec import StartMethod
 
 USAGE = "launch vllm serve [MODEL] [vllm serve options]  (launch vllm serve --help)"
 ENGINE_PRELOAD = (
@@ -110,6 +113,28 @@ def main(argv: list[str]) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+START_ENV = "LAUNCH_VLLM_SERVE_START"  # "forkserver" (default) or "spawn"
+
+
+def _start_method() -> StartMethod:
+    """``forkserver`` once launch's forkserver has imported vLLM's engine modules, or
+    ``spawn`` (what ``vllm serve`` itself uses) when it cannot serve: where importing vLLM
+    initialises CUDA (vLLM 0.26 on a GPU host does, probing pinned memory at import),
+    launch's forkserver refuses to fork, since its children could not use the GPU.
+    Blocking: call it in a worker thread."""
+    from .._forkserver import FORKSERVER, ForkserverError
+
+    if os.environ.get(START_ENV) == "spawn":
+        return "spawn"
+    try:
+        FORKSERVER.wait_warm()
+    except ForkserverError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _err(f"engines start as fresh interpreters (spawn): {first}")
+        return "spawn"
+    return "forkserver"
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -232,6 +257,7 @@ async def serve(args: argparse.Namespace) -> int:
     state = {"stopped": False, "serving": False}
 
     addresses = engine_addresses(config, count)
+    start_method = await anyio.to_thread.run_sync(_start_method, abandon_on_cancel=True)
 
     async def run(tg: Any) -> None:
         if count == 1:  # this process serves: its imports overlap the engines' start
@@ -240,12 +266,12 @@ async def serve(args: argparse.Namespace) -> int:
             # API servers start with the engines (their clients wait for the engines'
             # connections, as in vLLM's multi-API-server mode). This process keeps the
             # port bound, never listening; each server binds it with SO_REUSEPORT.
-            await tg.start(_run_api_servers, args, addresses)
+            await tg.start(_run_api_servers, args, addresses, start_method)
         async with open_engine_cores(
             config,
             executor_class=engine_executor(config),
             log_stats=not engine_args.disable_log_stats,
-            start_method="forkserver",
+            start_method=start_method,
             addresses=addresses,
         ) as cores:
             state["serving"] = True
@@ -294,7 +320,9 @@ def _launch_failure(exc: BaseException) -> Any:
     return None
 
 
-async def _run_api_servers(args: argparse.Namespace, addresses: Any, *, task_status: Any) -> None:
+async def _run_api_servers(
+    args: argparse.Namespace, addresses: Any, start_method: StartMethod, *, task_status: Any
+) -> None:
     """API servers 0..N-1 as one launch group, each vLLM's ``run_server_worker`` with
     its own client addresses; reports once they are spawned and READY, then holds them
     (a signal cancels; a server dying raises ``LaunchFailed``)."""
@@ -310,7 +338,7 @@ async def _run_api_servers(args: argparse.Namespace, addresses: Any, *, task_sta
             API_SERVER_TARGET,
             name=f"ApiServer_{index}",
             kwargs={"args": args, "client_config": client_config(addresses, index)},
-            start_method="forkserver",  # vLLM's base modules are in it already
+            start_method=start_method,  # forkserver: vLLM's base modules are in it
             ready_timeout=None,
         )
         for index in range(args.api_server_count)
