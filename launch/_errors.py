@@ -354,7 +354,10 @@ def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | 
     it crossed: it is handed back unwrapped, as if there were no task group.
     """
     inner: BaseException = group
-    while isinstance(inner, BaseExceptionGroup):
+    # Only the plain groups that task groups make: a LaunchFailed (an ExceptionGroup
+    # too) from a nested launch is the caller's exception, whole.
+    while type(inner) in (BaseExceptionGroup, ExceptionGroup):
+        assert isinstance(inner, BaseExceptionGroup)
         if len(inner.exceptions) != 1:
             return None
         inner = inner.exceptions[0]

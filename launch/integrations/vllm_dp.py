@@ -48,6 +48,7 @@ from vllm.platforms import current_platform
 from vllm.utils.network_utils import get_open_zmq_ipc_path
 from vllm.v1.engine.utils import EngineHandshakeMetadata, EngineZmqAddresses
 
+from .._errors import sole_exception
 from .._group import Group, open_group
 from .._spec import ProcessSpec, ShutdownPolicy, StartMethod
 from .vllm import exit_after_stop, stop_with_sigterm
@@ -294,9 +295,9 @@ async def open_engine_cores(
                     addresses=addresses,
                 )
     except BaseExceptionGroup as eg:
-        if len(eg.exceptions) != 1:
+        unwrapped = sole_exception(eg)  # the handshake's error, the group's, or the caller's
+        if unwrapped is None:
             raise
-        unwrapped = eg.exceptions[0]  # the handshake's error, the group's, or the caller's
     finally:
         handshake.close()
     if unwrapped is not None:

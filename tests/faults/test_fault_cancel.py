@@ -96,21 +96,22 @@ async def test_a_stage_failing_at_once_while_another_opens_its_group(
 
 
 async def test_the_root_cause_is_the_earliest_failure_even_when_its_exit_is_slow(
-    start_method: str,
+    tmp_path: Path, start_method: str
 ) -> None:
     # "early" raises first but takes 2 s over its interpreter's exit; "late" raises 0.25 s
-    # later and exits at once. The parent must not lose "early" while it waits for its exit.
+    # after it and exits at once. The parent must not lose "early" while it exits.
+    marker = str(tmp_path / "early-raised")
     specs = [
         ProcessSpec(
             "fault_signals_targets:crash_slow_exit",
             name="early",
-            kwargs={"delay": 0.2},
+            kwargs={"marker": marker},
             start_method=start_method,  # type: ignore[arg-type]
         ),
         ProcessSpec(
-            "fault_signals_targets:crash_at",
+            "fault_signals_targets:crash_after",
             name="late",
-            kwargs={"delay": 0.45},
+            kwargs={"marker": marker, "delay": 0.25},
             start_method=start_method,  # type: ignore[arg-type]
         ),
     ]
@@ -120,3 +121,21 @@ async def test_the_root_cause_is_the_earliest_failure_even_when_its_exit_is_slow
     first = info.value.first
     assert first.name == "early"
     assert first.remote_message == "the first failure"
+
+
+async def test_a_nested_launch_failure_comes_out_whole(start_method: str) -> None:
+    # The inner group's LaunchFailed crosses the outer group's task group: it is unwrapped
+    # from that task group's wrapper, never down to its own leaf.
+    crash = ProcessSpec(
+        "targets:crash",
+        name="bad",
+        start_method=start_method,  # type: ignore[arg-type]
+    )
+    with pytest.raises(launch.LaunchFailed) as info:
+        async with (
+            launch.open_group(serving(start_method, n=1), name="outer", shutdown=FAST),
+            launch.open_group([crash], name="inner", shutdown=FAST),
+        ):
+            pytest.fail("READY without a crash")
+    assert type(info.value) is launch.LaunchFailed
+    assert info.value.first.name == "bad"
