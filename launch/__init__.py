@@ -35,11 +35,11 @@ if TYPE_CHECKING:
     from ._blocking import GroupHandle, PipelineHandle, start_group, start_pipeline
     from ._child import Child, ChildState, ChildTimes
     from ._config import ConfigError, load_pipeline
-    from ._forkserver import ForkserverError, prewarm
     from ._group import Group, open_group
     from ._pipeline import Pipeline, open_pipeline
     from ._prefetch import PrefetchStats, prefetch_weights
     from ._preload import Preload, preload_modules
+    from ._start.forkserver import ForkserverError, prewarm
     from ._teardown import Unreaped
     from ._timeline import Slice, Timeline, Track
 
@@ -57,12 +57,12 @@ _LAZY = {
     "open_group": "._group",
     "Pipeline": "._pipeline",
     "open_pipeline": "._pipeline",
-    "prewarm": "._forkserver",
+    "prewarm": "._start.forkserver",
     "PrefetchStats": "._prefetch",
     "prefetch_weights": "._prefetch",
     "Preload": "._preload",
     "preload_modules": "._preload",
-    "ForkserverError": "._forkserver",
+    "ForkserverError": "._start.forkserver",
     "Unreaped": "._teardown",
     "Slice": "._timeline",
     "Timeline": "._timeline",

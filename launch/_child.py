@@ -15,8 +15,8 @@ from _launch_child._protocol import ErrorReport
 
 from ._channel import ControlChannel
 from ._output import OutputPump
-from ._process import ForkserverProcess, ProcessHandle
 from ._spec import ProcessSpec
+from ._start.process import ForkserverProcess, ProcessHandle
 
 logger = logging.getLogger("launch")
 

@@ -31,10 +31,10 @@ from ._errors import (
     raise_failures,
     sole_exception,
 )
-from ._forkserver import FORKSERVER, ForkserverError
 from ._output import OutputPump
-from ._spawn import build_boot, spawn, spawn_failed
 from ._spec import ProcessSpec, ShutdownPolicy, validate_group
+from ._start.forkserver import FORKSERVER, ForkserverError
+from ._start.spawn import build_boot, spawn, spawn_failed
 from ._teardown import Unreaped, teardown
 from ._timeline import Timeline, group_timeline
 

@@ -29,11 +29,11 @@ import anyio
 from ._child import Child
 from ._devicelock import acquire_device_locks, default_lock_dir
 from ._errors import ChildFailed, DeviceLockError, LaunchFailed, raise_failures, sole_exception
-from ._forkserver import FORKSERVER
 from ._group import Group, _run_group
 from ._pipeline_spec import PipelineSpec, StageSpec
 from ._prefetch import PrefetchStats, prefetch_weights
 from ._spec import ShutdownPolicy
+from ._start.forkserver import FORKSERVER
 from ._teardown import Unreaped
 from ._timeline import Timeline, pipeline_timeline
 
@@ -202,7 +202,7 @@ class Pipeline:
 
 
 @asynccontextmanager
-async def _run_pipeline(pipeline: Pipeline) -> AsyncIterator[Pipeline]:
+async def running_pipeline(pipeline: Pipeline) -> AsyncIterator[Pipeline]:
     unwrapped: BaseException | None = None
     pipeline.started_at = time.monotonic()
     for group in pipeline:
@@ -261,4 +261,4 @@ def open_pipeline(spec: PipelineSpec) -> AbstractAsyncContextManager[Pipeline]:
     """
     if not isinstance(spec, PipelineSpec):
         raise TypeError(f"open_pipeline expects a PipelineSpec, got {type(spec).__name__}")
-    return _run_pipeline(Pipeline(spec))
+    return running_pipeline(Pipeline(spec))

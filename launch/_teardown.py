@@ -16,9 +16,9 @@ from typing import Protocol
 
 import anyio
 
-from ._process import process_state
 from ._signals import sigint_deferred
 from ._spec import ShutdownPolicy
+from ._start.process import process_state
 
 logger = logging.getLogger("launch")
 

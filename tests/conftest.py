@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 
-import launch._forkserver
+import launch._start.forkserver
 
 pytest_plugins = ["pytester"]
 
@@ -52,4 +52,4 @@ def leak_check(no_leaked_processes: None) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    launch._forkserver.FORKSERVER.stop()
+    launch._start.forkserver.FORKSERVER.stop()

@@ -18,7 +18,7 @@ import pytest
 import launch
 import launch._prefetch
 from launch import PipelineSpec, ProcessSpec, StageSpec
-from launch._forkserver import FORKSERVER
+from launch._start.forkserver import FORKSERVER
 
 pytestmark = pytest.mark.anyio
 

@@ -57,7 +57,7 @@ def test_spawn_start_blocks_on_child_imports_only_above_the_pipe_buffer(
 def test_every_strategy_brings_every_child_to_ready_and_reaps_it(strategy: str) -> None:
     with heavy_modules() as scratch:
         if strategy == "launch-forkserver":
-            from launch._forkserver import FORKSERVER, prewarm
+            from launch._start.forkserver import FORKSERVER, prewarm
 
             prewarm(["launch.bench._child"])
             FORKSERVER.wait_warm()

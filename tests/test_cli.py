@@ -298,7 +298,7 @@ def test_up_reports_an_uncreatable_lock_dir_without_a_traceback(tmp_path: Path) 
 def test_demo_hint_names_the_distribution(tmp_path: Path) -> None:
     code = (
         "import sys; sys.modules['torch'] = None  # as if torch were not installed\n"
-        "from launch._cli import main; sys.exit(main(['demo', '--plain']))"
+        "from launch._cli.main import main; sys.exit(main(['demo', '--plain']))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

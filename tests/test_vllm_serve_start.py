@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from launch._forkserver import FORKSERVER, ForkserverError
+from launch._start.forkserver import FORKSERVER, ForkserverError
 from launch.integrations import vllm_serve
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 
 import launch
-from launch._forkserver import FORKSERVER
+from launch._start.forkserver import FORKSERVER
 
 CUDA_AT_IMPORT = "import torch\ntorch.cuda.init()\n"
 

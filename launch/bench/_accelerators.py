@@ -30,8 +30,8 @@ def forkserver_trial(
     """Seconds to all READY: ``spawn``, ``cold`` (server started at t0) or ``warm``."""
     import anyio
 
-    from .._forkserver import FORKSERVER, prewarm
     from .._group import open_group
+    from .._start.forkserver import FORKSERVER, prewarm
 
     method = "spawn" if variant == "spawn" else "forkserver"
     specs = launch_specs(plans, method, timeout)

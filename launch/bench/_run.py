@@ -229,7 +229,7 @@ def run_bench(
     try:
         with heavy_modules() as scratch:
             if "launch-forkserver" in strategies:
-                from .._forkserver import FORKSERVER, prewarm
+                from .._start.forkserver import FORKSERVER, prewarm
 
                 progress.step("warming launch's forkserver: " + ", ".join(preload_for(config)))
                 if config.model == "synthetic":

@@ -109,7 +109,7 @@ class PipelineService:
 def _exit_now(code: int) -> None:
     """End the process with ``code`` after a graceful server shutdown: the servers exit
     0 after SIGTERM and swallow errors raised from a lifespan's shutdown."""
-    from .._forkserver import FORKSERVER
+    from .._start.forkserver import FORKSERVER
 
     FORKSERVER.stop()
     for handler in logging.getLogger().handlers:

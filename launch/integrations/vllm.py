@@ -58,8 +58,8 @@ from vllm.v1.executor.multiproc_executor import (
 from .._blocking import GroupHandle, start_group
 from .._child import Child
 from .._errors import LaunchFailed
-from .._lock import LAUNCH_LOCK
 from .._spec import ProcessSpec, ShutdownPolicy, StartMethod
+from .._start.lock import LAUNCH_LOCK
 
 if TYPE_CHECKING:
     from vllm.engine.arg_utils import EngineArgs

@@ -124,7 +124,7 @@ def _start_method() -> StartMethod:
     initialises CUDA (vLLM 0.26 on a GPU host does, probing pinned memory at import),
     launch's forkserver refuses to fork, since its children could not use the GPU.
     Blocking: call it in a worker thread."""
-    from .._forkserver import FORKSERVER, ForkserverError
+    from .._start.forkserver import FORKSERVER, ForkserverError
 
     if os.environ.get(START_ENV) == "spawn":
         return "spawn"
@@ -145,7 +145,7 @@ def _stop_forkserver() -> None:
     """Stop launch's forkserver now rather than at exit: every child it forked has been
     reaped, and its own exit (an interpreter holding vLLM and torch) takes seconds that
     the command's exit would wait for. SIGKILL, then the usual reap."""
-    from .._forkserver import FORKSERVER
+    from .._start.forkserver import FORKSERVER
 
     pid = FORKSERVER.pid  # our unreaped child: the pid cannot have been reused
     if pid is not None:
@@ -354,7 +354,7 @@ def _multiprocess_prometheus() -> None:
     variable, so under launch's lock (children spawned later inherit it)."""
     from vllm.v1.metrics.prometheus import setup_multiprocess_prometheus
 
-    from .._lock import LAUNCH_LOCK
+    from .._start.lock import LAUNCH_LOCK
 
     with LAUNCH_LOCK:
         setup_multiprocess_prometheus()

@@ -27,7 +27,7 @@ import secrets
 import time
 from typing import Any
 
-from .._lock import LAUNCH_LOCK
+from .._start.lock import LAUNCH_LOCK
 
 TOKEN_ENV = "LAUNCH_TESTING_TOKENS"
 """Environment variable listing (``:``-separated) the tokens of the leak-checking
@@ -112,7 +112,7 @@ class ProcessWatch:
     def _allowed(self) -> set[int]:
         from multiprocessing import resource_tracker
 
-        from .._forkserver import FORKSERVER
+        from .._start.forkserver import FORKSERVER
 
         tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
         return self.before | {FORKSERVER.pid or -1, tracker or -1}

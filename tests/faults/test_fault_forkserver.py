@@ -15,7 +15,7 @@ from procs import alive
 
 import launch
 from launch import ProcessSpec, ShutdownPolicy
-from launch._forkserver import FORKSERVER
+from launch._start.forkserver import FORKSERVER
 
 pytestmark = pytest.mark.anyio
 

@@ -24,7 +24,7 @@ async def main(init: float) -> None:
     ]
     print("starting", flush=True)
     async with launch.open_group(specs, name="held") as group:
-        import launch._forkserver as fs
+        import launch._start.forkserver as fs
 
         pids = {c.name: c.pid for c in group.children}
         print(json.dumps({"children": pids, "forkserver": fs.FORKSERVER.pid}), flush=True)

@@ -22,8 +22,8 @@ import anyio
 
 from _launch_child._tree import kill_descendants
 
-from ._fds import close_fd, own_fd
-from ._forkserver import FORKSERVER
+from .._fds import close_fd, own_fd
+from .forkserver import FORKSERVER
 
 _POLL_S = 0.05
 _STATUS = struct.Struct("!i")

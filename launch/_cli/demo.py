@@ -14,11 +14,11 @@ import struct
 import time
 from urllib.parse import urlsplit
 
-from . import phase, ready, wait_for_stop
-from ._pipeline_spec import PipelineSpec, StageSpec
-from ._spec import StartMethod
+from .. import phase, ready, wait_for_stop
+from .._pipeline_spec import PipelineSpec, StageSpec
+from .._spec import StartMethod
 
-PYTHON_WORKER = "launch._demo:python_worker"
+PYTHON_WORKER = "launch._cli.demo:python_worker"
 STAGES: tuple[tuple[str, int, tuple[int, ...]], ...] = (
     ("thinker", 2, (0, 1)),
     ("talker", 1, (2,)),
@@ -37,7 +37,7 @@ def torch_available() -> bool:
 
 def demo_pipeline(*, use_torch: bool, start_method: StartMethod = "spawn") -> PipelineSpec:
     """The demo pipeline: torch gloo workers, or the pure-Python stand-in."""
-    from .integrations.torch import WORKER, free_ports, process_group_specs
+    from ..integrations.torch import WORKER, free_ports, process_group_specs
 
     ports = free_ports(len(STAGES))
     stages = []

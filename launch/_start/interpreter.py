@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 # The folder that holds both ``launch`` and ``_launch_child`` (site-packages or a checkout).
-PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def child_interpreter_argv(module: str, call: str) -> list[str]:

@@ -44,7 +44,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _sizes(text: str) -> tuple[int, ...]:
-    from .bench._config import parse_size
+    from ._config import parse_size
 
     try:
         return tuple(parse_size(part) for part in text.split(",") if part.strip())
@@ -98,7 +98,7 @@ def add_bench_parser(commands: Any, epilog: str) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """A :class:`BenchConfig` from the parsed arguments (``--quick`` presets underneath)."""
-    from .bench._config import DEFAULT_NS, BenchConfig
+    from ._config import DEFAULT_NS, BenchConfig
 
     values: dict[str, Any] = {"model": args.model, "ns": DEFAULT_NS[args.model]}
     if args.quick:
@@ -145,9 +145,9 @@ def run_bench_command(args: argparse.Namespace, argv: list[str]) -> int:
 
     ``argv`` is the command line, given again to the driver process.
     """
-    from .bench._report import print_report
-    from .bench._results import BenchResult
-    from .bench._run import checked_ns
+    from ._report import print_report
+    from ._results import BenchResult
+    from ._run import checked_ns
 
     if args.report is not None:
         try:
@@ -222,9 +222,9 @@ def _interrupted(exc: BaseException) -> bool:
 
 def _drive(args: argparse.Namespace) -> int:
     """The driver: run the bench, print the report, write the JSON and the plot."""
-    from .bench._report import open_progress, print_report, write_plot
-    from .bench._results import BenchResult
-    from .bench._run import run_bench
+    from ._report import open_progress, print_report, write_plot
+    from ._results import BenchResult
+    from ._run import run_bench
 
     config = config_from_args(args)
     result = BenchResult(config={}, machine={})

@@ -23,13 +23,13 @@ from _launch_child._bootstrap import fork_main
 from _launch_child._protocol import Boot, encode
 from _launch_child._tree import load_prctl
 
-from ._errors import SpawnFailed
-from ._fds import FORK_GUARD, close_fd, close_in_forked_child, own_fd, own_socket
-from ._forkserver import FORKSERVER, ForkserverError
-from ._interpreter import child_interpreter_argv
-from ._lock import LAUNCH_LOCK
-from ._process import DirectProcess, ForkserverProcess, ProcessHandle
-from ._spec import ProcessSpec
+from .._errors import SpawnFailed
+from .._fds import FORK_GUARD, close_fd, close_in_forked_child, own_fd, own_socket
+from .._spec import ProcessSpec
+from .forkserver import FORKSERVER, ForkserverError
+from .interpreter import child_interpreter_argv
+from .lock import LAUNCH_LOCK
+from .process import DirectProcess, ForkserverProcess, ProcessHandle
 
 
 @dataclass

@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from ._bench_cli import add_bench_parser, run_bench_command
-from ._pipeline_spec import PipelineSpec
+from .. import __version__
+from .._pipeline_spec import PipelineSpec
+from ..bench._cli import add_bench_parser, run_bench_command
 
 EPILOG = """\
 exit codes: 0 stopped on request (Ctrl-C, SIGTERM) or demo done; 2 bad arguments or
@@ -98,8 +98,8 @@ def _err(message: str) -> None:
 def output_problems(args: argparse.Namespace) -> list[str]:
     """What is wrong with the output files ``args`` asks for, checked before anything
     starts (a chart format or a directory found missing after a long run is too late)."""
-    from ._gantt import chart_problem
-    from ._trace import output_problem
+    from .._gantt import chart_problem
+    from .._trace import output_problem
 
     problems = []
     trace = getattr(args, "trace", None)
@@ -112,7 +112,7 @@ def output_problems(args: argparse.Namespace) -> list[str]:
 
 
 def _check(file: Path) -> int:
-    from ._config import ConfigError, load_pipeline, missing_targets
+    from .._config import ConfigError, load_pipeline, missing_targets
 
     try:
         spec = load_pipeline(file)
@@ -139,8 +139,8 @@ def _check(file: Path) -> int:
 def _run(spec: PipelineSpec, args: argparse.Namespace, *, stay_up: bool) -> int:
     import anyio
 
-    from ._up import Outcome, run_pipeline
-    from ._view import open_view
+    from .up import Outcome, run_pipeline
+    from .view import open_view
 
     async def main() -> Outcome:
         with open_view(args.plain) as view:
@@ -162,7 +162,7 @@ def _run(spec: PipelineSpec, args: argparse.Namespace, *, stay_up: bool) -> int:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from ._timeline import Timeline
+    from .._timeline import Timeline
 
     try:
         timeline = Timeline.read_trace(args.file)
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["vllm"]:
-        from .integrations.vllm_serve import main as vllm_main
+        from ..integrations.vllm_serve import main as vllm_main
 
         return vllm_main(argv[1:])
     args = parser.parse_args(argv)
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.append(str(file.resolve().parent))
     problems = output_problems(args)
     if args.command == "bench":
-        from ._bench_cli import out_problem
+        from ..bench._cli import out_problem
 
         problems += out_problem(args)
     for problem in problems:
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         return run_bench_command(args, argv)
     if args.command == "up":
-        from ._config import ConfigError, load_pipeline
+        from .._config import ConfigError, load_pipeline
 
         try:
             spec = load_pipeline(args.file)
@@ -219,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             _err(str(exc))
             return 2
         if spec.uses_forkserver:
-            from ._forkserver import prewarm
+            from .._start.forkserver import prewarm
 
             prewarm(spec.preload)  # at once: the server imports while the rest starts up
         return _run(spec, args, stay_up=True)
-    from ._demo import INSTALL_TORCH, demo_pipeline, torch_available
+    from .demo import INSTALL_TORCH, demo_pipeline, torch_available
 
     use_torch = not args.no_torch and torch_available()
     if not use_torch and not args.no_torch:
@@ -235,9 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if args.start_method == "forkserver":
-        from ._forkserver import prewarm
+        from .._start.forkserver import prewarm
 
         # the server imports the worker (and torch) once; each child is a fork of it
-        prewarm(["launch.integrations.torch", "torch"] if use_torch else ["launch._demo"])
+        prewarm(["launch.integrations.torch", "torch"] if use_torch else ["launch._cli.demo"])
     spec = demo_pipeline(use_torch=use_torch, start_method=args.start_method)
     return _run(spec, args, stay_up=False)

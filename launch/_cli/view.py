@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._child import Child, ChildState
+from .._child import Child, ChildState
 
 if TYPE_CHECKING:
-    from ._pipeline import Pipeline
+    from .._pipeline import Pipeline
 
 REFRESH_S = 0.1
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from _launch_child._forkserver import CUDA_REFUSED
 
-from ._fds import own_fd, own_socket
-from ._interpreter import child_interpreter_argv
-from ._lock import LAUNCH_LOCK
+from .._fds import own_fd, own_socket
+from .interpreter import child_interpreter_argv
+from .lock import LAUNCH_LOCK
 
 logger = logging.getLogger("launch")
 

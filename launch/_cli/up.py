@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import anyio
 
-from ._errors import ChildFailed, LaunchFailed
-from ._pipeline import Pipeline, _run_pipeline
-from ._pipeline_spec import PipelineSpec
-from ._spec import ShutdownPolicy
-from ._view import (
+from .._errors import ChildFailed, LaunchFailed
+from .._pipeline import Pipeline, running_pipeline
+from .._pipeline_spec import PipelineSpec
+from .._spec import ShutdownPolicy
+from .view import (
     LIVE_COLUMNS,
     REFRESH_S,
     STARTUP_COLUMNS,
@@ -97,7 +97,7 @@ async def run_pipeline(spec: PipelineSpec, view: View, *, stay_up: bool) -> Outc
             tg.start_soon(_refresh, view, pipeline)
             with pipeline_scope:
                 try:
-                    async with _run_pipeline(pipeline):
+                    async with running_pipeline(pipeline):
                         outcome.up = True
                         view.update(pipeline)
                         view.table(
