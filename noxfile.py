@@ -6,11 +6,13 @@
   several GB): elsewhere the torch tests skip and the core suite runs. Measured on 2
   busy cores: 5-6 min per Python (25 min for all of plain ``nox``, installs included).
 - ``server``: launch inside hypercorn and uvicorn, and the docs' ASGI snippet.
+- ``ray``: launch.integrations.ray on a simulated 3-node Ray cluster (about 1.5 min).
 - ``docs``: the docs site (Sphinx, warnings are errors) into ``docs/_build/html``.
 - ``wheel``: build the wheel, install only it in a fresh virtualenv, run ``launch``.
 - ``lint`` (ruff) and ``typecheck`` (mypy --strict).
 
-Not run by plain ``nox``: ``vllm`` (a large install) and ``bench`` (figures, not checks).
+Not run by plain ``nox``: ``vllm`` and ``omni`` (large installs) and ``bench`` (figures,
+not checks).
 torch is pinned to 2.13.0 wherever it is installed; development tools come from the
 dependency groups in pyproject.toml.
 """
@@ -22,7 +24,7 @@ from pathlib import Path
 import nox
 
 nox.needs_version = ">=2025.2.9"  # nox.project.dependency_groups
-nox.options.sessions = ["demo", "tests", "server", "docs", "wheel", "lint", "typecheck"]
+nox.options.sessions = ["demo", "tests", "server", "ray", "docs", "wheel", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHONS = ["3.11", "3.12", "3.13"]
@@ -121,6 +123,47 @@ def vllm(session: nox.Session) -> None:
     session.run("pytest", "tests/test_docs.py", "-k", "vllm", env=env)  # docs/vllm.md
 
 
+OMNI_VLLM_REQUIREMENTS = """
+import sys
+from importlib.metadata import requires
+skip = ("torch", "torchvision", "torchaudio", "transformers", "xformers", "flashinfer",
+        "nvidia", "cupy", "tilelang", "deep", "triton", "quack")
+reqs = [r for r in requires("vllm") if "extra ==" not in r
+        and not r.split(";")[0].strip().lower().startswith(skip)]
+open(sys.argv[1], "w").write("\\n".join(reqs) + "\\n")
+"""
+
+
+@nox.session(python=MAIN)
+def omni(session: nox.Session) -> None:
+    """launch's vLLM-Omni config reader and Omni's stage process, imported, against the
+    one pair that imports on the CPU torch: vllm 0.22.1 + vllm-omni 0.22.0.
+    vllm 0.22.1 pins torch 2.11.0 (a CUDA build here) and vllm-omni pins media packages
+    its stage process does not import: both are installed without their dependencies."""
+    session.install(TORCH, "transformers==4.57.6", "-e", ".", *group("test"))
+    session.install("--no-deps", "vllm==0.22.1", "vllm-omni==0.22.0", "diffusers==0.38.0")
+    # vllm's own requirements but torch, transformers and the CUDA kernels; vllm-omni's
+    # light ones (left out: av, accelerate, soundfile, cache-dit, torchsde, openai-whisper,
+    # imageio, x-transformers, onnxruntime, fa3-fwd: media and kernels it imports lazily)
+    reqs = Path(session.create_tmp()) / "vllm-reqs.txt"
+    session.run("python", "-c", OMNI_VLLM_REQUIREMENTS, str(reqs))
+    session.install("-r", str(reqs), "omegaconf", "aenum==3.1.16", "einops", "prettytable",
+                    "janus", "pydub")  # fmt: skip
+    env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    session.run("pytest", "tests/test_omni_config.py", "tests/vllm/test_omni_import.py",
+                *session.posargs, env=env)  # fmt: skip
+
+
+@nox.session(python=MAIN)
+def ray(session: nox.Session) -> None:
+    """launch.integrations.ray on a simulated cluster (a head and two nodes on this
+    machine, ``ray.cluster_utils.Cluster``): about a minute on 2 cores, cluster start
+    included."""
+    # ray[default]: the tests read what is left in Ray through its state API (the dashboard)
+    session.install("-e", ".[ray]", "ray[default]", *group("test"))
+    session.run("pytest", "tests/ray", *session.posargs)
+
+
 @nox.session(python=MAIN)
 def bench(session: nox.Session) -> None:
     """`launch bench`: startup and teardown against today's strategies (not run by CI).
@@ -128,5 +171,5 @@ def bench(session: nox.Session) -> None:
     ``nox -s bench -- --quick`` takes under a minute; ``-- --model torch`` times torch
     children; results land in bench-results/ (JSON and a plot).
     """
-    session.install("-e", ".[torch,cli,plot]", TORCH)
+    session.install("-e", ".[torch,cli,plot]", TORCH, "ray==2.60.0")  # the Ray peer
     session.run("launch", "bench", *session.posargs)

@@ -13,7 +13,16 @@ import threading
 import time
 from typing import Any
 
-from ._protocol import MAX_CHILD_FRAME, ErrorReport, ProtocolError, encode
+from ._protocol import (
+    MAX_CHILD_FRAME,
+    ChildMessage,
+    ErrorReport,
+    Failed,
+    Phase,
+    ProtocolError,
+    Ready,
+    encode,
+)
 
 # Room left in a frame for the rest of a READY message around its payload.
 _READY_OVERHEAD = 1 << 10
@@ -31,15 +40,15 @@ class _Channel:
         self.stop_event = threading.Event()
         self._send_lock = threading.Lock()
 
-    def send(self, message: tuple[Any, ...]) -> None:
+    def send(self, message: ChildMessage) -> None:
         """Send one message; raises :class:`ProtocolError` (a ``ValueError``) if it is
         over the child-to-parent frame limit (an error report is cut to fit instead)."""
         try:
             data = encode(message, MAX_CHILD_FRAME)
         except ProtocolError:
-            if message[0] != "error":
+            if not isinstance(message, Failed):
                 raise
-            data = encode(("error", _cut(message[1])), MAX_CHILD_FRAME)
+            data = encode(Failed(_cut(message.report)), MAX_CHILD_FRAME)
         with self._send_lock:
             self.sock.sendall(data)
 
@@ -53,9 +62,7 @@ def _cut(report: ErrorReport) -> ErrorReport:
         half = _ERROR_TEXT_MAX // 2
         return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
 
-    return dataclasses.replace(
-        report, message=cut(report.message), traceback=cut(report.traceback), extra={}
-    )
+    return dataclasses.replace(report, message=cut(report.message), traceback=cut(report.traceback))
 
 
 _channel: _Channel | None = None
@@ -110,7 +117,7 @@ def ready(payload: Any = None) -> None:
             "hand large data over another way (a file, shared memory, a socket) and pass "
             "its name in the payload"
         )
-    channel.send(("ready", data, time.monotonic()))
+    channel.send(Ready(data, time.monotonic()))
     channel.ready_sent = True
 
 
@@ -129,7 +136,7 @@ def phase(name: str) -> None:
         raise ValueError("launch.phase() needs a non-empty string")
     channel = _require("phase")
     channel.phase = name
-    channel.send(("phase", name, time.monotonic()))
+    channel.send(Phase(name, time.monotonic()))
 
 
 def stop_requested() -> bool:

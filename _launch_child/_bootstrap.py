@@ -36,7 +36,15 @@ from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from . import _api, _guard, _tree
-from ._protocol import Boot, ErrorReport, recv_frame_blocking, split_frames
+from ._protocol import (
+    Boot,
+    Booted,
+    ErrorReport,
+    Failed,
+    Stop,
+    recv_frame_blocking,
+    split_frames,
+)
 
 EXIT_ERROR = 1
 EXIT_SIGTERM = 128 + signal.SIGTERM
@@ -164,41 +172,54 @@ def _watch(channel: _api._Channel, buf: bytearray, launcher: _tree.Proc) -> None
     """
     sock = channel.sock
     poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    watched = {sock.fileno()}
-    if launcher.pidfd is not None:
-        poller.register(launcher.pidfd, select.POLLIN)
-        watched.add(launcher.pidfd)
+    watched: set[int] = set()
+    for fd in (sock.fileno(), launcher.pidfd):
+        if fd is not None:
+            poller.register(fd, select.POLLIN)
+            watched.add(fd)
     timeout = -1 if launcher.pidfd is not None else _FALLBACK_POLL_MS
     while watched:
         events = dict(poller.poll(timeout))
-        for fd, event in events.items():
-            if event & select.POLLNVAL:  # closed under us (by the target): stop watching it
-                poller.unregister(fd)
-                watched.discard(fd)
-        if launcher.pidfd is None:
-            if launcher.exited():
-                _parent_gone()
-        elif events.get(launcher.pidfd, 0) & select.POLLIN:
+        _forget_closed(poller, watched, events)
+        if _launcher_exited(launcher, events):
             _parent_gone()
-        if sock.fileno() not in events or sock.fileno() not in watched:
-            continue
-        try:
-            data = sock.recv(1 << 16)
-        except OSError:
-            data = b""
-        if not data:
-            _parent_gone()
-        buf += data
-        try:
-            frames = split_frames(buf)
-        except Exception:  # not launch's protocol: nothing more to read here
+        readable = sock.fileno() in events and sock.fileno() in watched
+        if readable and not _read_control(channel, buf):  # not launch's protocol: stop
             poller.unregister(sock)
             watched.discard(sock.fileno())
-            continue
-        for frame in frames:
-            if frame[0] == "stop":
-                channel.stop_event.set()
+
+
+def _forget_closed(poller: select.poll, watched: set[int], events: dict[int, int]) -> None:
+    """Stop watching the fds that were closed under the watch (by the target)."""
+    for fd, event in events.items():
+        if event & select.POLLNVAL:
+            poller.unregister(fd)
+            watched.discard(fd)
+
+
+def _launcher_exited(launcher: _tree.Proc, events: dict[int, int]) -> bool:
+    if launcher.pidfd is None:  # no pidfd: looked at every _FALLBACK_POLL_MS
+        return launcher.exited()
+    return bool(events.get(launcher.pidfd, 0) & select.POLLIN)
+
+
+def _read_control(channel: _api._Channel, buf: bytearray) -> bool:
+    """Read what the parent sent and act on its stop request; EOF means the parent is
+    gone. False if the stream is not launch's protocol."""
+    try:
+        data = channel.sock.recv(1 << 16)
+    except OSError:
+        data = b""
+    if not data:
+        _parent_gone()
+    buf += data
+    try:
+        frames = split_frames(buf)
+    except Exception:
+        return False
+    if any(isinstance(frame, Stop) for frame in frames):
+        channel.stop_event.set()
+    return True
 
 
 def _load_target(boot: Boot) -> Any:
@@ -222,7 +243,7 @@ def _report(channel: _api._Channel, exc: BaseException) -> None:
         at=time.monotonic(),
     )
     try:
-        channel.send(("error", report))
+        channel.send(Failed(report))
     except OSError:
         pass
 
@@ -238,36 +259,32 @@ def run(sock: socket.socket, launcher: _tree.Proc | None) -> int:
     # Only this process uses it: not the guard, nor what the target execs.
     sock.set_inheritable(False)
     _start_guard(launcher)
-    sock.setblocking(True)
     buf = bytearray()
-    frame = recv_frame_blocking(sock, buf)
+    boot = _receive_boot(sock, buf)
     _settle_guard()
-    if frame is None or frame[0] != "boot":
+    if boot is None:
         return EXIT_PARENT_GONE
-    boot: Boot = frame[1]
     channel = _api._Channel(sock, boot.name)
     _api._install(channel)
-    channel.send(("booted", time.monotonic()))
+    channel.send(Booted(time.monotonic()))
     threading.Thread(
         target=_watch, args=(channel, buf, launcher), name="launch-death-watch", daemon=True
     ).start()
+    return _run_target(channel, boot)
 
+
+def _receive_boot(sock: socket.socket, buf: bytearray) -> Boot | None:
+    """The boot message; None if the parent is gone (or sent something else)."""
+    sock.setblocking(True)
+    frame = recv_frame_blocking(sock, buf)
+    return frame if isinstance(frame, Boot) else None
+
+
+def _run_target(channel: _api._Channel, boot: Boot) -> int:
+    """Set the child up as ``boot`` says, call its target; the exit code (an exception
+    is reported to the parent first)."""
     try:
-        os.environ.update(boot.env)
-        # Output reaches the parent (or a pipe it reads) a line at a time, as it happens.
-        reconfigure = getattr(sys.stdout, "reconfigure", None)
-        if reconfigure is not None:
-            try:
-                reconfigure(line_buffering=True)
-            except (OSError, ValueError):
-                pass
-        sys.path[:] = boot.sys_path
-        if os.getcwd() != boot.cwd:
-            os.chdir(boot.cwd)
-        if boot.main_prep is not None:
-            from multiprocessing import spawn as mp_spawn
-
-            mp_spawn.prepare(boot.main_prep)
+        _apply_boot(boot)
         target = _load_target(boot)
         kwargs = pickle.loads(boot.kwargs_pickle)
         target(**kwargs)
@@ -280,6 +297,26 @@ def run(sock: socket.socket, launcher: _tree.Proc | None) -> int:
         _report(channel, exc)
         return EXIT_ERROR
     return 0
+
+
+def _apply_boot(boot: Boot) -> None:
+    """Apply ``env``, ``sys.path``, the working directory and (a ``__main__`` target)
+    multiprocessing's preparation of ``__main__``."""
+    os.environ.update(boot.env)
+    # Output reaches the parent (or a pipe it reads) a line at a time, as it happens.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(line_buffering=True)
+        except (OSError, ValueError):
+            pass
+    sys.path[:] = boot.sys_path
+    if os.getcwd() != boot.cwd:
+        os.chdir(boot.cwd)
+    if boot.main_prep is not None:
+        from multiprocessing import spawn as mp_spawn
+
+        mp_spawn.prepare(boot.main_prep)
 
 
 def spawn_main(fd: int, parent_pid: int) -> NoReturn:

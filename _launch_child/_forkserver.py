@@ -51,7 +51,7 @@ def cuda_initialized() -> str | None:
 
     A process that has initialised CUDA must not fork: its children cannot use the GPU
     (and may hang). Checked: torch's own flag, and an open ``/dev/nvidia-uvm``, which
-    the CUDA driver opens in ``cuInit`` (NVML, which only queries, does not).
+    the CUDA driver opens in ``cuInit`` (NVML may too: the driver is asked then).
     """
     torch = sys.modules.get("torch")
     cuda = getattr(torch, "cuda", None)
@@ -69,9 +69,32 @@ def cuda_initialized() -> str | None:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if target.startswith("/dev/nvidia-uvm"):
+        if target.startswith("/dev/nvidia-uvm") and _cuda_driver_initialized():
             return f"{target} is open (the CUDA driver was initialised)"
     return None
+
+
+def _cuda_driver_initialized() -> bool:
+    """Whether ``cuInit`` ran here: NVML too opens ``/dev/nvidia-uvm`` on some hosts
+    (vLLM 0.26's platform probe, 4 H200), and forking after NVML is safe. Asks the CUDA
+    driver only if it is already loaded (``RTLD_NOLOAD``): ``cuDeviceGetCount`` answers
+    CUDA_ERROR_NOT_INITIALIZED (3) before ``cuInit`` and initialises nothing."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libcuda.so" in line}
+    except OSError:
+        return True  # cannot tell: the open device file decides, as before
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            count = ctypes.c_int(0)
+            if lib.cuDeviceGetCount(ctypes.byref(count)) != 3:
+                return True
+        except (OSError, AttributeError):
+            return True
+    return False
 
 
 def _preload(modules: list[str], sys_path: list[str], cwd: str) -> str | None:

@@ -1,9 +1,11 @@
-"""Length-prefixed pickle frames on the control socket shared by parent and child.
+"""Typed messages on the control socket shared by parent and child, as length-prefixed
+pickle frames.
 
-Parent to child: ``("boot", Boot)`` once, then ``("stop",)``.
-Child to parent: ``("booted", t)``, ``("phase", name, t)``, ``("ready", payload_bytes, t)``,
-``("error", ErrorReport)``. All times are ``time.monotonic()``, which on Linux is one
-system-wide clock, so parent and child timestamps are comparable.
+Parent to child: :class:`Boot` once, then :class:`Stop`.
+Child to parent: :class:`Booted`, :class:`Phase`, :class:`Ready`, :class:`Failed`. Each is a
+frozen dataclass; the parent checks every one it receives (:func:`check_child_message`)
+before it reads a field. All times are the child's ``time.monotonic()``, which on Linux is
+one system-wide clock, so parent and child timestamps are comparable on one machine.
 
 Limits: a child-to-parent frame is at most :data:`MAX_CHILD_FRAME` bytes (the parent
 refuses a longer one from its header alone, so a hostile child costs it bounded memory);
@@ -15,8 +17,8 @@ from __future__ import annotations
 import pickle
 import socket
 import struct
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 HEADER = struct.Struct("!I")
 MAX_FRAME = 1 << 31  # parent to child: the boot frame carries the pickled kwargs
@@ -27,6 +29,9 @@ class ProtocolError(ValueError):
     """Bytes on a control socket that are not a valid frame: a length over the limit, a
     pickle that does not load, a message of unknown kind or shape; or a message too
     large to send."""
+
+
+# --- parent to child ---
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,37 @@ class Boot:
 
 
 @dataclass(frozen=True)
+class Stop:
+    """The parent asks the child to stop (``launch.stop_requested()`` turns true)."""
+
+
+# --- child to parent ---
+
+
+@dataclass(frozen=True)
+class Booted:
+    """The bootstrap got its boot message, at ``at``, before it applied ``env``."""
+
+    at: float
+
+
+@dataclass(frozen=True)
+class Phase:
+    """The child entered startup phase ``name`` (``launch.phase``) at ``at``."""
+
+    name: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The child called ``launch.ready``, at ``at``; ``payload`` is the pickled payload."""
+
+    payload: bytes
+    at: float
+
+
+@dataclass(frozen=True)
 class ErrorReport:
     """An exception raised in the child, as text: it must reach a parent without the types."""
 
@@ -52,28 +88,39 @@ class ErrorReport:
     traceback: str
     phase: str | None
     ready: bool
-    at: float
-    extra: dict[str, Any] = field(default_factory=dict)
+    at: float  # when the child failed, by its clock: what orders root causes
 
 
-def encode(message: tuple[Any, ...], limit: int = MAX_FRAME) -> bytes:
+@dataclass(frozen=True)
+class Failed:
+    """The child's target raised (or exited non-zero); the child is exiting."""
+
+    report: ErrorReport
+
+
+ChildMessage = Booted | Phase | Ready | Failed
+ParentMessage = Boot | Stop
+
+
+def encode(message: object, limit: int = MAX_FRAME) -> bytes:
     """One frame: a 4-byte length, then the pickled ``message``. Raises
     :class:`ProtocolError` if the pickle is longer than ``limit``."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     if len(data) > limit:
         raise ProtocolError(
-            f"a {message[0]!r} frame of {len(data)} bytes is over the control protocol's "
-            f"limit of {limit} bytes"
+            f"a {type(message).__name__} frame of {len(data)} bytes is over the control "
+            f"protocol's limit of {limit} bytes"
         )
     return HEADER.pack(len(data)) + data
 
 
-def take_frame(buf: bytearray, limit: int = MAX_FRAME) -> tuple[Any, ...] | None:
+def take_frame(buf: bytearray, limit: int = MAX_FRAME) -> object | None:
     """Remove and decode the first complete frame of ``buf``; None if there is none yet.
 
     A length over ``limit`` is refused as soon as the header is in, before the body is
-    waited for; a body that does not unpickle to a tuple is refused too. Both raise
-    :class:`ProtocolError` and leave ``buf`` as it was.
+    waited for; a body that does not unpickle is refused too. Both raise
+    :class:`ProtocolError` and leave ``buf`` as it was. What the frame holds is not
+    checked here: see :func:`check_child_message`.
     """
     if len(buf) < HEADER.size:
         return None
@@ -88,58 +135,77 @@ def take_frame(buf: bytearray, limit: int = MAX_FRAME) -> tuple[Any, ...] | None
         return None
     try:
         with memoryview(buf) as view, view[HEADER.size : end] as body:
-            frame = pickle.loads(body)
+            frame: object = pickle.loads(body)
     except Exception as exc:  # anything a hostile pickle can raise
         raise ProtocolError(
             f"a frame of {size} bytes does not unpickle: {type(exc).__name__}: {exc}"[:500]
         ) from None
-    if not isinstance(frame, tuple) or not frame or not isinstance(frame[0], str):
-        raise ProtocolError(f"a frame holds a {type(frame).__name__}, not a message tuple")
+    if frame is None:  # None means "no frame yet" to the callers
+        raise ProtocolError("a frame holds None, not a message")
     del buf[:end]
     return frame
 
 
-def split_frames(buf: bytearray, limit: int = MAX_FRAME) -> list[tuple[Any, ...]]:
+def split_frames(buf: bytearray, limit: int = MAX_FRAME) -> list[object]:
     """Remove and decode every complete frame at the start of ``buf`` (see :func:`take_frame`)."""
-    out: list[tuple[Any, ...]] = []
+    out: list[object] = []
     while (frame := take_frame(buf, limit)) is not None:
         out.append(frame)
     return out
 
 
 _TIME = (int, float)
-CHILD_MESSAGES: dict[str, tuple[type | tuple[type, ...], ...]] = {
-    "booted": (_TIME,),
-    "phase": (str, _TIME),
-    "ready": (bytes, _TIME),
-    "error": (ErrorReport,),
+_TEXT_OR_NONE = (str, type(None))
+# The fields a child's message must have, with their types: a pickle can build any
+# importable class with any attributes, so each is checked before it is read.
+CHILD_MESSAGES: dict[type, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
+    Booted: (("at", _TIME),),
+    Phase: (("name", str), ("at", _TIME)),
+    Ready: (("payload", bytes), ("at", _TIME)),
+    Failed: (("report", ErrorReport),),
 }
+_REPORT_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("type_name", str),
+    ("message", str),
+    ("traceback", str),
+    ("phase", _TEXT_OR_NONE),
+    ("ready", bool),
+    ("at", _TIME),
+)
+_MISSING = object()
 
 
-def check_child_message(frame: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``frame`` if it is a message a child may send (kind and field types); else raise
-    :class:`ProtocolError`."""
-    kind = frame[0]
-    shape = CHILD_MESSAGES.get(kind)
-    if shape is None:
-        raise ProtocolError(f"a message of unknown kind {kind[:80]!r}")
-    fields = frame[1:]
-    if len(fields) != len(shape) or not all(
-        isinstance(value, types) for value, types in zip(fields, shape, strict=True)
-    ):
-        got = ", ".join(type(value).__name__ for value in fields[:8])
-        raise ProtocolError(f"a {kind!r} message of the wrong shape ({got})")
-    if kind == "error":
-        report: ErrorReport = fields[0]
-        text = (report.type_name, report.message, report.traceback)
-        if not all(isinstance(value, str) for value in text) or not isinstance(
-            report.phase, (str, type(None))
-        ):
-            raise ProtocolError("an 'error' message whose report is not text")
-    return frame
+def _wrong_field(value: object, fields: tuple[tuple[str, type | tuple[type, ...]], ...]) -> str:
+    """The first field of ``value`` that is missing or of the wrong type, as words; ''."""
+    for name, types in fields:
+        field = getattr(value, name, _MISSING)
+        if field is _MISSING:
+            return f"no {name!r}"
+        if not isinstance(field, types):
+            return f"{name!r} is a {type(field).__name__}"
+    return ""
 
 
-def recv_frame_blocking(sock: socket.socket, buf: bytearray) -> tuple[Any, ...] | None:
+def check_child_message(frame: object) -> ChildMessage:
+    """``frame`` if it is a message a child may send (its type, and each field's type,
+    an error report's included); else raise :class:`ProtocolError`."""
+    fields = CHILD_MESSAGES.get(type(frame))
+    if fields is None:
+        if isinstance(frame, tuple) and frame and isinstance(frame[0], str):
+            raise ProtocolError(f"a message of unknown kind {frame[0][:80]!r}")
+        raise ProtocolError(f"a message of unknown type {type(frame).__qualname__[:80]!r}")
+    kind = type(frame).__name__
+    wrong = _wrong_field(frame, fields)
+    if wrong:
+        raise ProtocolError(f"a {kind!r} message of the wrong shape ({wrong})")
+    if isinstance(frame, Failed):
+        wrong = _wrong_field(frame.report, _REPORT_FIELDS)
+        if wrong:
+            raise ProtocolError(f"a {kind!r} message with a malformed report ({wrong})")
+    return cast(ChildMessage, frame)
+
+
+def recv_frame_blocking(sock: socket.socket, buf: bytearray) -> object | None:
     """Block until one frame arrives; ``None`` on EOF (the peer is gone).
 
     Bytes of later frames stay in ``buf`` for the next reader.

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from typing import Any
 
 import anyio
 
 from _launch_child._protocol import (
     MAX_CHILD_FRAME,
+    ChildMessage,
+    ParentMessage,
     ProtocolError,
     check_child_message,
     encode,
@@ -36,13 +37,14 @@ class ControlChannel:
         sock.setblocking(False)
         self._sock = own_socket(sock)
         self._buf = bytearray()
-        self._pending: deque[tuple[Any, ...]] = deque()
+        self._pending: deque[ChildMessage] = deque()
         self._broken: ProtocolError | None = None
         self.closed = False
 
-    async def receive(self) -> tuple[Any, ...] | None:
-        """The next message, or ``None`` at EOF. Raises :class:`ProtocolError` once the
-        stream held something that is not a valid message; nothing after it is read."""
+    async def receive(self) -> ChildMessage | None:
+        """The next message, checked (``check_child_message``), or ``None`` at EOF.
+        Raises :class:`ProtocolError` once the stream held something that is not a valid
+        message; nothing after it is read."""
         while not self._pending:
             if self._broken is not None:
                 raise self._broken
@@ -84,8 +86,8 @@ class ControlChannel:
             data = data[sent:]
         return True
 
-    def send_nowait(self, message: tuple[Any, ...]) -> bool:
-        """Best effort for short messages (stop): False if it could not be sent now."""
+    def send_nowait(self, message: ParentMessage) -> bool:
+        """Best effort for short messages (:class:`Stop`): False if it could not be sent now."""
         try:
             data = encode(message)
             return self._sock.send(data) == len(data)

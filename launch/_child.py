@@ -1,29 +1,19 @@
-"""The live handle of one child: what the parent knows about it, and its runtime parts."""
+"""The public, read-only view of one child (:class:`Child`), and its state and times.
+
+Everything a :class:`Child` shows is kept by the child's run (``launch._run``), which
+alone changes it.
+"""
 
 from __future__ import annotations
 
 import enum
-import logging
-import pickle
-import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from _launch_child._protocol import ErrorReport
-
-from ._channel import ControlChannel
-from ._output import OutputPump
-from ._spec import ProcessSpec
-from ._start.process import ForkserverProcess, ProcessHandle
-
-logger = logging.getLogger("launch")
-
-# What one child's messages may make the parent keep: a child that sends phases in a
-# loop costs bounded memory (the latest phase always replaces the last kept one).
-_MAX_PHASES = 1000
-_MAX_PHASE_NAME = 200
+if TYPE_CHECKING:
+    from ._output import OutputPump
+    from ._run import ChildRun
+    from ._spec import ProcessSpec
 
 
 class ChildState(enum.Enum):
@@ -51,7 +41,8 @@ class ChildState(enum.Enum):
 
 @dataclass
 class ChildTimes:
-    """Timestamps of one child on the system-wide ``time.monotonic()`` clock.
+    """Timestamps of one child on this process's ``time.monotonic()`` clock (system-wide
+    on Linux; what a child on another host reports is shifted by that host's offset).
 
     Each is None until that moment has come (a child that never got there keeps None).
 
@@ -92,85 +83,79 @@ class ChildTimes:
 
 
 class Child:
-    """One launched process. Attributes are read-only views kept current by the group.
+    """One launched process: a read-only view, kept current by its group.
 
     Made by the group (one per :class:`ProcessSpec`), not by hand; read it from
     ``group["name"]`` or ``group.children``.
-
-    Attributes:
-        spec (ProcessSpec): What the child runs.
-        group (str): The name of its group (its stage, in a pipeline).
-        times (ChildTimes): Its timestamps, from spawn request to exit.
-        phase (str | None): The last phase it reported with ``launch.phase()``, or None.
-        exitcode (int | None): Its exit code once reaped (negative: killed by that
-            signal); None while it runs, or if it was never spawned or its exit status
-            could not be known (its forkserver died).
     """
 
-    def __init__(self, spec: ProcessSpec, group: str) -> None:
-        self.spec = spec
-        self.group = group
-        self._state = ChildState.PENDING
-        self.times = ChildTimes()
-        self.phase: str | None = None
-        self.exitcode: int | None = None
-        self._payload: Any = None
-        # runtime parts, owned by the group's task tree
-        self._process: ProcessHandle | None = None
-        self._channel: ControlChannel | None = None
-        self._output: OutputPump | None = None
-        self._error: ErrorReport | None = None
-        self._payload_error: BaseException | None = None
-        self._spawn_done = anyio.Event()
-        self._settled = anyio.Event()  # READY, or exited
-        self._exited = anyio.Event()
-        self._eof = anyio.Event()
-        self._watch_scope = anyio.CancelScope(shield=True)
+    def __init__(self, run: ChildRun) -> None:
+        self._run = run
+
+    @property
+    def spec(self) -> ProcessSpec:
+        """What the child runs."""
+        return self._run.spec
+
+    @property
+    def group(self) -> str:
+        """The name of its group (its stage, in a pipeline)."""
+        return self._run.group
 
     @property
     def name(self) -> str:
         """The spec's name."""
-        return self.spec.name
+        return self._run.spec.name
 
     @property
     def state(self) -> ChildState:
         """Where the child is in its life."""
-        return self._state
+        return self._run.state
 
-    @state.setter
-    def state(self, new: ChildState) -> None:
-        old, self._state = self._state, new
-        if old is not new:
-            extra = ""
-            if new is ChildState.READY and self.times.startup_s is not None:
-                extra = f" after {self.times.startup_s:.3f}s"
-            elif new is ChildState.EXITED:
-                note = self._exit_note
-                extra = f" with exit code {self.exitcode}" if note is None else f", {note}"
-            logger.info(
-                "%s/%s (pid %s): %s -> %s%s", self.group, self.name, self.pid, old, new, extra
-            )
+    @property
+    def times(self) -> ChildTimes:
+        """Its timestamps, from spawn request to exit, on this process's clock."""
+        return self._run.times
+
+    @property
+    def phase(self) -> str | None:
+        """The last phase it reported with ``launch.phase()``, or None."""
+        return self._run.phase
+
+    @property
+    def exitcode(self) -> int | None:
+        """Its exit code once reaped (negative: killed by that signal); None while it
+        runs, or if it was never spawned or its exit status could not be known (its
+        forkserver died)."""
+        return self._run.exitcode
 
     @property
     def pid(self) -> int | None:
         """The process id, once spawned."""
-        return self._process.pid if self._process is not None else None
+        return self._run.pid
+
+    @property
+    def node(self) -> object | None:
+        """Where the child runs: None on this machine; a placement backend's node
+        object otherwise."""
+        return self._run.node
 
     @property
     def output_tail(self) -> list[str]:
         """The last lines the child wrote (``output="prefix"`` only; else empty)."""
-        return list(self._output.tail) if self._output is not None else []
+        output = self._run.output
+        return list(output.tail) if output is not None else []
 
     @property
     def ready(self) -> bool:
         """True once READY has been received (stays true after the child exits)."""
-        return self.times.ready is not None
+        return self._run.ready
 
     @property
     def exiting(self) -> bool:
         """True once the child has reported its exception before READY; it is exiting by
         itself, and the teardown gives it ``stop_timeout`` to, keeping its exit code."""
-        return self._error is not None and not self.ready
+        return self._run.exiting
 
     @property
     def payload(self) -> Any:
@@ -185,75 +170,21 @@ class Child:
         """
         if not self.ready:
             raise RuntimeError(f"child {self.name!r} is not READY (state {self.state})")
-        return self._payload
-
-    def __repr__(self) -> str:
-        return f"<Child {self.name!r} pid={self.pid} state={self.state} exitcode={self.exitcode}>"
-
-    def _handle(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if logger.isEnabledFor(logging.DEBUG):
-            shown = f"ready ({len(message[1])} bytes of payload)" if kind == "ready" else message
-            logger.debug("%s/%s (pid %s) sent %s", self.group, self.name, self.pid, shown)
-        if kind == "booted":
-            self.times.booted = message[1]
-        elif kind == "phase":
-            name = message[1][:_MAX_PHASE_NAME]
-            self.phase = name
-            if len(self.times.phases) >= _MAX_PHASES:
-                self.times.phases.pop()
-            self.times.phases.append((name, message[2]))
-        elif kind == "ready":
-            try:
-                self._payload = pickle.loads(message[1])
-            except Exception as exc:  # e.g. the payload's class is not importable here
-                self._payload_error = exc
-            else:
-                self.times.ready = message[2]
-                if self.state is ChildState.STARTING:
-                    self.state = ChildState.READY
-            self._settled.set()
-        elif kind == "error":
-            self._error = message[1]
-            self._settled.set()  # failed before READY: the parent need not wait for the exit
-
-    @property
-    def _exit_note(self) -> str | None:
-        """Why the exit code is None although the child has exited (its forkserver died)."""
-        process = self._process
-        return process.exit_unknown if isinstance(process, ForkserverProcess) else None
-
-    # --- what teardown needs (see launch._teardown.Stoppable) ---
+        return self._run.payload
 
     @property
     def has_exited(self) -> bool:
         """True once the process is gone (or was never spawned)."""
-        return self._exited.is_set()
+        return self._run.has_exited
 
     async def wait_exited(self) -> None:
-        await self._exited.wait()
+        """Wait until the process is gone and reaped (or is known never to start)."""
+        await self._run.wait_exited()
 
-    def request_stop(self) -> bool:
-        if self._channel is None or self._channel.closed:
-            return False
-        self._mark_stopping()
-        logger.debug("%s/%s (pid %s): sending stop", self.group, self.name, self.pid)
-        return self._channel.send_nowait(("stop",))
+    @property
+    def _output(self) -> OutputPump | None:
+        # The output pump, for tests that read its counters.
+        return self._run.output
 
-    def send_signal(self, sig: int) -> None:
-        if self._process is not None:
-            self._mark_stopping()
-            self._process.send_signal(sig)
-
-    def kill_group(self) -> None:
-        if self._process is not None:
-            self._process.kill_group()
-
-    def abandon(self) -> None:
-        self._watch_scope.cancel()
-
-    def _mark_stopping(self) -> None:
-        if self.times.stop_requested is None:
-            self.times.stop_requested = time.monotonic()
-        if self.state in (ChildState.STARTING, ChildState.READY):
-            self.state = ChildState.STOPPING
+    def __repr__(self) -> str:
+        return f"<Child {self.name!r} pid={self.pid} state={self.state} exitcode={self.exitcode}>"

@@ -17,13 +17,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from ._pipeline_spec import PipelineSpec, StageSpec, stage_devices
+from ._pipeline_spec import PipelineSpec, StageSpec, device_env_names, stage_devices
 from ._spec import (
     OUTPUTS,
     START_METHODS,
     ProcessSpec,
     ShutdownPolicy,
     env_problem,
+    first_duplicate,
     target_problem,
 )
 
@@ -58,7 +59,10 @@ STAGE_KEYS = (
     "ready_timeout",
     "output",
     "shutdown",
+    "placement",
 )
+PLACEMENT_KEYS = ("backend", "bundles", "strategy", "address", "placement_timeout")
+PLACEMENT_BACKENDS = ("ray",)
 SHUTDOWN_KEYS = ("stop_timeout", "term_timeout", "kill_timeout")
 TOP_KEYS = ("pipeline", "stage")
 
@@ -176,12 +180,78 @@ def _shutdown(parent: _Table) -> ShutdownPolicy | None:
     return ShutdownPolicy(**values)
 
 
+def _placement(parent: _Table, replicas: int) -> Any:
+    """The stage's ``[stage.placement]`` table as a placement object (the backend is
+    imported here, only when a file asks for it); None without one."""
+    if "placement" not in parent.data:
+        return None
+    table = _Table(
+        parent.path,
+        parent.table("placement"),
+        PLACEMENT_KEYS,
+        stage=parent.stage,
+        prefix="placement.",
+    )
+    backend = table.string("backend")
+    if backend is None:
+        table.fail("backend", f"is required: one of {', '.join(map(repr, PLACEMENT_BACKENDS))}")
+    if backend not in PLACEMENT_BACKENDS:
+        table.fail(
+            "backend",
+            f"unknown placement backend {backend!r}; known: "
+            f"{', '.join(map(repr, PLACEMENT_BACKENDS))}",
+        )
+    bundles: Any = table.get(
+        "bundles",
+        lambda v: isinstance(v, list) and bool(v),
+        "a non-empty list of bundles, e.g. [{CPU = 1, GPU = 1}]",
+        None,
+    )
+    if bundles is None:
+        table.fail("bundles", "is required: one {resource = amount} table per child")
+    for i, bundle in enumerate(bundles):
+        if not isinstance(bundle, dict) or not bundle:
+            table.fail("bundles", f"bundle {i} must be a non-empty table, got {bundle!r}")
+        for resource, amount in bundle.items():
+            if not _is_number(amount) or not 0 <= amount < math.inf:
+                table.fail(
+                    "bundles",
+                    f"bundle {i}: {resource!r} must be a finite number >= 0, got {amount!r}",
+                )
+    if len(bundles) < replicas:
+        table.fail(
+            "bundles",
+            f"{len(bundles)} bundles for {replicas} replicas: one bundle per child",
+        )
+    strategy = table.string("strategy", "PACK")
+    address = table.string("address", "auto")
+    timeout: Any = table.get(
+        "placement_timeout",
+        lambda v: _is_number(v) and 0 < v < math.inf,
+        "a finite number of seconds > 0 (Ray alone would wait forever)",
+        300.0,
+    )
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        table.fail("backend", "the 'ray' placement needs ray: pip install 'launch-tree[ray]'")
+    from .integrations.ray import RayPlacement
+
+    try:
+        return RayPlacement(
+            bundles, strategy=strategy or "PACK", address=address, placement_timeout=timeout
+        )
+    except ValueError as exc:
+        key = "strategy" if "strategy" in str(exc) else "bundles"
+        table.fail(key, str(exc).removeprefix("RayPlacement: "))
+
+
 def _stage(path: Path, data: Any, index: int, defaults: _Table, children: int) -> StageSpec:
     """Stage number ``index`` of the file; ``children`` is the count of the stages before."""
     if not isinstance(data, dict):
         raise ConfigError(path, f"[[stage]] number {index + 1} must be a table")
     name = data.get("name")
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str) or not name.strip():
         raise ConfigError(path, f"[[stage]] number {index + 1} needs a non-empty 'name'")
     table = _Table(path, data, STAGE_KEYS, stage=name)
     target = table.string("target")
@@ -234,6 +304,13 @@ def _stage(path: Path, data: Any, index: int, defaults: _Table, children: int) -
     if problem is not None:
         table.fail("env", problem)
     shutdown = _shutdown(table)
+    placement = _placement(table, replicas)
+    if placement is not None and devices:
+        table.fail(
+            "devices",
+            "cannot be used with a placement: device locks are this machine's; ask for "
+            "devices in the placement's bundles instead (e.g. {GPU = 1})",
+        )
     specs = []
     try:
         for rank in range(replicas):
@@ -248,7 +325,15 @@ def _stage(path: Path, data: Any, index: int, defaults: _Table, children: int) -
                     output=output,
                 )
             )
-        return StageSpec(name, specs, devices=devices, after=after, env=env, shutdown=shutdown)
+        return StageSpec(
+            name,
+            specs,
+            devices=devices,
+            after=after,
+            env=env,
+            shutdown=shutdown,
+            placement=placement,
+        )
     except ValueError as exc:  # what the keys above did not catch: say it once
         message = re.sub(rf"^(stage {re.escape(repr(name))}|ProcessSpec '[^']*'): ", "", str(exc))
         raise ConfigError(path, message, stage=name) from None
@@ -278,6 +363,9 @@ def parse_pipeline(text: str, path: Path) -> PipelineSpec:
     for index, item in enumerate(stages_data):
         stages.append(_stage(path, item, index, pipeline, children))
         children += len(stages[-1].specs)
+    duplicate = first_duplicate(stage.name for stage in stages)
+    if duplicate is not None:
+        raise ConfigError(path, f"duplicate stage name {duplicate!r}", stage=duplicate, key="name")
     device_env = pipeline.get(
         "device_env",
         lambda v: (
@@ -286,6 +374,10 @@ def parse_pipeline(text: str, path: Path) -> PipelineSpec:
         "a variable name or a list of them",
         "CUDA_VISIBLE_DEVICES",
     )
+    try:
+        device_env_names(device_env)
+    except ValueError as exc:
+        pipeline.fail("device_env", str(exc))
     lock_dir = pipeline.string("lock_dir")
     prefetch = [path.parent / item for item in pipeline.string_list("prefetch")]
     name = pipeline.string("name", path.stem) or path.stem

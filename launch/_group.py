@@ -2,13 +2,18 @@
 
 ::
 
-    open_group ── task group
-     ├─ watch(child) × N    shielded: read its control socket, wait for its exit, reap it
+    open_group ── [placement, if any: reserved first, released last]
+     └─ task group
+     ├─ run.supervise() × N   shielded: messages, output, exit, reap   (launch/_run/)
      ├─ startup ── task group
-     │   └─ start(child) × N   spawn in to_thread.run_sync (launch lock) → send boot
-     │                         → await READY | exit | deadline
+     │   └─ run.start() × N   start (launch lock) → boot → await READY | exit | deadline
      ├─ body (the caller's block), in a cancel scope that a child's death cancels
      └─ finally: teardown, shielded and bounded
+
+Each child's run (:class:`~launch._run.ChildRun`) owns that child from spawn to reap and
+declares its failures; the group keeps the task tree, the first-failure policy (the first
+failure cancels the startup and the body; nothing fails once the teardown runs) and the
+teardown.
 """
 
 from __future__ import annotations
@@ -19,39 +24,18 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
+from anyio.abc import TaskGroup
 
-from ._channel import ControlChannel, ProtocolError
-from ._child import Child, ChildState
-from ._errors import (
-    ChildCrashed,
-    ChildDied,
-    ChildFailed,
-    ReadyTimeout,
-    SpawnFailed,
-    raise_failures,
-    sole_exception,
-)
-from ._output import OutputPump
+from ._child import Child
+from ._errors import ChildFailed, raise_failures, sole_exception
+from ._placement import Placement, check_placement
+from ._run import ChildRun
 from ._spec import ProcessSpec, ShutdownPolicy, validate_group
-from ._start.forkserver import FORKSERVER, ForkserverError
-from ._start.spawn import build_boot, spawn, spawn_failed
+from ._start.spawn import Starter, start_child
 from ._teardown import Unreaped, teardown
 from ._timeline import Timeline, group_timeline
 
 logger = logging.getLogger("launch")
-
-_DRAIN_S = 0.5  # after a child exits, how long its last messages may take to arrive
-
-
-def _failed_at(child: Child) -> float:
-    """When the child failed by its own clock where it said so (its exception report;
-    ``time.monotonic()`` is one system-wide clock on Linux), else when it exited, else
-    now: the root cause is the earliest failure, not the first one the parent noticed."""
-    if child._error is not None:
-        return child._error.at
-    if child.times.exited is not None:
-        return child.times.exited
-    return time.monotonic()
 
 
 class Group:
@@ -80,14 +64,18 @@ class Group:
         specs: Iterable[ProcessSpec],
         shutdown: ShutdownPolicy,
         env_overlay: Mapping[str, str] | None = None,
+        starter: Starter = start_child,
     ) -> None:
         self.name = name
         self.shutdown = shutdown
-        self.children: tuple[Child, ...] = tuple(Child(spec, name) for spec in specs)
+        self._runs = tuple(
+            ChildRun(spec, name, declare=self._declare, overlay=env_overlay, starter=starter)
+            for spec in specs
+        )
+        self.children: tuple[Child, ...] = tuple(run.child for run in self._runs)
         self._by_name = {child.name: child for child in self.children}
         self.failures: list[ChildFailed] = []
         self.unreaped: list[Unreaped] = []
-        self._env_overlay = dict(env_overlay or {})
         self.started_at: float | None = None  # time.monotonic() when the group started
         self._stopping = False
         self._startup_scope: anyio.CancelScope | None = None
@@ -116,173 +104,68 @@ class Group:
         :class:`Timeline` with offsets from the group's start (open slices end now)."""
         return group_timeline(self)
 
-    # --- failures ---
+    def _use_starter(self, starter: Starter) -> None:
+        """Start every child through ``starter`` (a placement's, once it is reserved);
+        only before the group runs."""
+        assert not any(run.process is not None for run in self._runs), "started already"
+        for run in self._runs:
+            run.starter = starter
 
-    def _fail(self, failure: ChildFailed) -> None:
+    # --- the first-failure policy ---
+
+    def _declare(self, failure: ChildFailed) -> None:
+        """A child's run declares ``failure``: record it and cancel the startup and the
+        body. Once the teardown runs, a child that exits is collateral, and a child that
+        already failed fails once."""
+        if self._stopping or any(failed.name == failure.name for failed in self.failures):
+            return
         logger.error("%s", failure.summary())
         self.failures.append(failure)
         for scope in (self._startup_scope, self._body_scope):
             if scope is not None:
                 scope.cancel()
 
-    def _failure(self, cls: type[ChildFailed], child: Child, detail: str = "") -> ChildFailed:
-        report = child._error
-        return cls(
-            child.name,
-            group=self.name,
-            pid=child.pid,
-            exitcode=child.exitcode,
-            phase=report.phase if report is not None and report.phase else child.phase,
-            remote_traceback=report.traceback if report is not None else None,
-            remote_type=report.type_name if report is not None else None,
-            remote_message=report.message if report is not None else None,
-            spawned_at=child.times.spawned,
-            failed_at=_failed_at(child),
-            detail=", ".join(part for part in (detail, child._exit_note) if part),
-            output_tail=child.output_tail or None,
-        )
-
     # --- the task tree ---
 
-    async def _watch(self, child: Child) -> None:
-        """Own one child's process from spawn to reap; report a death after READY."""
-        with child._watch_scope:
-            try:
-                await child._spawn_done.wait()
-                process, channel = child._process, child._channel
-                if process is None or channel is None:
-                    return
-                output = child._output
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._read, child, channel)
-                    if output is not None:
-                        tg.start_soon(output.run)
-                    await process.wait_exited()
-                    with anyio.move_on_after(_DRAIN_S):
-                        await child._eof.wait()
-                        if output is not None:
-                            await output.done.wait()
-                    tg.cancel_scope.cancel()
-                child.exitcode = process.reap()
-                child.times.exited = time.monotonic()
-                child.state = ChildState.EXITED
-            finally:
-                if child._output is not None:
-                    child._output.finish()
-                if child._channel is not None:
-                    child._channel.close()
-                if child._process is not None and child.state is ChildState.EXITED:
-                    child._process.close()
-                child._exited.set()
-                child._settled.set()
-        if child.state is ChildState.EXITED and child.ready and not self._stopping:
-            self._fail(self._failure(ChildDied, child))
-
-    async def _read(self, child: Child, channel: ControlChannel) -> None:
-        try:
-            while (message := await channel.receive()) is not None:
-                child._handle(message)
-        except ProtocolError as exc:
-            # Nothing more of its stream can be trusted: fail the child, unless it is
-            # failing already or is being stopped, and let the teardown stop it (the
-            # socket stays open for the cooperative stop).
-            failing = child._error is not None or child._payload_error is not None
-            failed = child.name in {failure.name for failure in self.failures}
-            if not failing and not failed and not self._stopping:
-                cls = ChildDied if child.ready else ChildCrashed
-                self._fail(self._failure(cls, child, detail=f"protocol error: {exc}"))
-        child._eof.set()
-
-    async def _start(self, child: Child) -> None:
-        """Spawn one child and wait for its READY, its exit or its deadline."""
-        spec = child.spec
-        try:
-            boot = build_boot(spec, self.name, self._env_overlay)
-            if spec.start_method == "forkserver":
-                try:
-                    # Outside the launch lock, so a slow preload blocks no other spawn.
-                    await anyio.to_thread.run_sync(FORKSERVER.wait_warm, abandon_on_cancel=True)
-                except ForkserverError as exc:
-                    raise SpawnFailed(
-                        child.name, group=self.name, failed_at=time.monotonic(), detail=str(exc)
-                    ) from exc
-                except OSError as exc:  # starting the server: out of fds, say
-                    raise spawn_failed(
-                        spec, self.name, exc, "starting launch's forkserver"
-                    ) from exc
-            child.times.spawn_requested = time.monotonic()
-
-            def spawn_in_thread() -> None:
-                spawned = spawn(spec, self.name, self._env_overlay)
-                # Registered here, in the thread, so that a cancel arriving during the spawn
-                # still finds the process to tear down.
-                child._process = spawned.process
-                child._channel = ControlChannel(spawned.sock)
-                if spawned.output_fds is not None:
-                    child._output = OutputPump(spawned.output_fds, f"{self.name}/{child.name}")
-                child.times.spawned = spawned.spawned_at
-                child.times.lock_wait_s = spawned.lock_wait_s
-                child.state = ChildState.STARTING
-
-            await anyio.to_thread.run_sync(spawn_in_thread)
-        except SpawnFailed as exc:
-            self._fail(exc)
-            return
-        finally:
-            child._spawn_done.set()
-
-        assert child._channel is not None
-        logger.debug("%s/%s (pid %s): sending boot", self.name, child.name, child.pid)
-        await child._channel.send_frame(boot)
-        deadline = spec.ready_timeout
-        with anyio.move_on_after(deadline if deadline is not None else float("inf")) as scope:
-            await child._settled.wait()
-        if child.ready:
-            return
-        if child._payload_error is not None:
-            bad = child._payload_error
-            self._fail(
-                self._failure(
-                    ChildCrashed,
-                    child,
-                    detail=f"its READY payload could not be unpickled in the parent: "
-                    f"{type(bad).__name__}: {bad}",
-                )
-            )
-        elif scope.cancelled_caught:
-            self._fail(self._failure(ReadyTimeout, child, detail=f"ready_timeout={deadline}s"))
-        else:
-            # It exited, or reported its exception and is exiting: declared now, with no
-            # await before it (a cancel landing there would lose this root cause), and its
-            # siblings' teardown starts now. A process that takes long over its
-            # interpreter shutdown (torch, vLLM) is not waited for: the teardown gives it
-            # stop_timeout to exit, then fills in its exit code.
-            self._fail(self._failure(ChildCrashed, child))
+    def _supervise_all(self, tg: TaskGroup) -> None:
+        # start_soon, not start: a start() cancelled before the shielded supervisor
+        # reported would wait for that supervisor, which waits for the teardown (trio
+        # leaves it in the cancelled start nursery; anyio's asyncio start waits for it).
+        # Both backends run a new task's first step, which enters the shield, before
+        # they deliver a cancel to it.
+        for run in self._runs:
+            tg.start_soon(run.supervise, name=f"watch {self.name}/{run.name}")
 
     async def _startup(self) -> None:
         with anyio.CancelScope() as self._startup_scope:
             async with anyio.create_task_group() as tg:
-                for child in self.children:
-                    tg.start_soon(self._start, child)
+                for run in self._runs:
+                    tg.start_soon(run.start, name=f"start {self.name}/{run.name}")
         self._startup_scope = None
 
     async def _teardown(self) -> None:
         self._stopping = True
-        for child in self.children:  # startup is over: no spawn is coming for the rest
-            child._spawn_done.set()
-        self.unreaped = await teardown(self.children, self.shutdown)
-        for failure in self.failures:  # declared before its child had finished exiting
+        for run in self._runs:  # startup is over: no spawn is coming for the rest
+            run.startup_over()
+        self.unreaped = await teardown(self._runs, self.shutdown)
+        self._complete_failures()
+
+    def _complete_failures(self) -> None:
+        """Fill in what failures declared before their child had finished exiting lack:
+        its exit code, and its last lines, read while it exited."""
+        for failure in self.failures:
             failed = self._by_name.get(failure.name)
             if failed is None:
                 continue
             if failure.exitcode is None:
                 failure.exitcode = failed.exitcode
-            if not failure.output_tail:  # its last lines, read while it exited
+            if not failure.output_tail:
                 failure.output_tail = failed.output_tail or None
 
 
 @asynccontextmanager
-async def _run_group(group: Group) -> AsyncIterator[Group]:
+async def running_group(group: Group) -> AsyncIterator[Group]:
+    """Run ``group``'s task tree around the caller's block (see :func:`open_group`)."""
     unwrapped: BaseException | None = None
     if group.started_at is None:  # a pipeline's stage keeps the pipeline's start
         group.started_at = time.monotonic()
@@ -291,13 +174,7 @@ async def _run_group(group: Group) -> AsyncIterator[Group]:
     try:
         async with anyio.create_task_group() as tg:
             try:
-                # start_soon, not start: a start() cancelled before the shielded watcher
-                # reported would wait for that watcher, which waits for the teardown
-                # below (trio leaves it in the cancelled start nursery; anyio's asyncio
-                # start waits for it). Both backends run a new task's first step, which
-                # enters the shield, before they deliver a cancel to it.
-                for child in group.children:
-                    tg.start_soon(group._watch, child, name=f"watch {group.name}/{child.name}")
+                group._supervise_all(tg)
                 await group._startup()
                 if not group.failures:
                     with anyio.CancelScope() as group._body_scope:
@@ -315,11 +192,28 @@ async def _run_group(group: Group) -> AsyncIterator[Group]:
     raise_failures(group.name, group.failures, group.unreaped)
 
 
+@asynccontextmanager
+async def placed_group(
+    group: Group, placement: AbstractAsyncContextManager[Starter]
+) -> AsyncIterator[Group]:
+    """Run ``group`` with its children started through ``placement``'s starter: the
+    placement is entered first and left last, in this task, so every child is stopped
+    and reaped before the placement releases what it reserved. The group's clock starts
+    before the reservation (a timeline shows the wait for it)."""
+    if group.started_at is None:
+        group.started_at = time.monotonic()
+    async with placement as starter:
+        group._use_starter(starter)
+        async with running_group(group) as running:
+            yield running
+
+
 def open_group(
     specs: Iterable[ProcessSpec],
     *,
     name: str = "group",
     shutdown: ShutdownPolicy | None = None,
+    placement: Placement | None = None,
 ) -> AbstractAsyncContextManager[Group]:
     """Start ``specs`` concurrently; enter the block once every child is READY.
 
@@ -334,6 +228,10 @@ def open_group(
         name: The group's name, used in messages, errors and the timeline.
         shutdown: How children are stopped; ``None`` for the default
             :class:`ShutdownPolicy`.
+        placement: Where the children run; ``None`` (the default) for this machine.
+            A :class:`~launch.integrations.ray.RayPlacement` places child ``i`` in its
+            bundle ``i`` on a Ray cluster: the bundles are reserved before any child
+            starts, and released after every child is reaped (docs/multinode.md).
 
     Returns:
         An async context manager; ``async with`` it gives the running :class:`Group`
@@ -343,11 +241,21 @@ def open_group(
     Raises:
         ValueError: ``specs`` is invalid (empty, a single :class:`ProcessSpec` instead
             of a list, something else than a :class:`ProcessSpec`, or duplicate
-            names); raised by the call itself, before anything is spawned.
+            names), or does not fit ``placement`` (more children than bundles);
+            raised by the call itself, before anything is spawned.
+        TypeError: ``placement`` is not a placement (it has no ``open`` method).
+        PlacementError: On entering, when the placement cannot reserve room for the
+            children (:class:`~launch.integrations.ray.PlacementError`: the bundles
+            were not placed within ``placement_timeout``); raised as itself, nothing
+            was started and nothing is left reserved.
         LaunchFailed: On entering, when a child fails to spawn, crashes or misses
             its ``ready_timeout`` (its siblings are torn down first); on leaving, when
             a child died while the block ran (the block was cancelled). Its leaves are
             :class:`ChildFailed`; :attr:`LaunchFailed.first` is the root cause.
     """
     specs = validate_group(specs, name)
-    return _run_group(Group(name, specs, shutdown or ShutdownPolicy()))
+    checked = check_placement(placement, f"open_group {name!r}")
+    if checked is None:
+        return running_group(Group(name, specs, shutdown or ShutdownPolicy()))
+    opened = checked.open(specs, name)  # may refuse the specs: before anything is made
+    return placed_group(Group(name, specs, shutdown or ShutdownPolicy()), opened)

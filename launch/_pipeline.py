@@ -6,7 +6,8 @@
      ├─ prewarm     (if any child uses the forkserver) start it, importing `preload`
      ├─ prefetch    (if `prefetch`) read model files into the page cache; cancelled at stop
      ├─ stage × S   wait for the stages in `after` to be READY
-     │              → device locks (outside the launch lock, cancellable)
+     │              → device locks (outside the launch lock, cancellable), or its
+     │                placement reserved (a placed stage: released after its reap)
      │              → open the stage's group (its own task tree) → release the locks
      │              → READY; wait for the stop signal
      └─ body (the caller's block)
@@ -27,9 +28,9 @@ from pathlib import Path
 import anyio
 
 from ._child import Child
-from ._devicelock import acquire_device_locks, default_lock_dir
+from ._devicelock import DeviceLocks, acquire_device_locks, default_lock_dir
 from ._errors import ChildFailed, DeviceLockError, LaunchFailed, raise_failures, sole_exception
-from ._group import Group, _run_group
+from ._group import Group, running_group
 from ._pipeline_spec import PipelineSpec, StageSpec
 from ._prefetch import PrefetchStats, prefetch_weights
 from ._spec import ShutdownPolicy
@@ -58,7 +59,8 @@ class Pipeline:
         stages (dict[str, Group]): Each stage's :class:`Group`, by stage name, in spec
             order.
         waiting (dict[str, str | None]): What each stage that has not spawned yet
-            waits for (``"after 'thinker'"``, ``"device lock"``), or None.
+            waits for (``"after 'thinker'"``, ``"device lock"``, ``"placement"``), or
+            None.
         device_lock_waits (dict[str, tuple[float, float]]): For each stage that took
             its device locks, the ``(started, acquired)`` ``time.monotonic()`` interval
             of the wait.
@@ -78,6 +80,9 @@ class Pipeline:
         self.name = spec.name
         self.lock_dir = Path(spec.lock_dir) if spec.lock_dir is not None else default_lock_dir()
         self.stages: dict[str, Group] = {}
+        # Opened now (not entered): a stage with more children than its placement holds
+        # is refused by open_pipeline itself.
+        self._placements = {stage.name: stage.open_placement() for stage in spec.stages}
         for stage in spec.stages:
             shutdown = stage.shutdown or spec.shutdown or ShutdownPolicy()
             self.stages[stage.name] = Group(
@@ -166,28 +171,15 @@ class Pipeline:
             self._scope.cancel()
 
     async def _run_stage(self, stage: StageSpec) -> None:
+        """One stage's task: its turn, its device locks, then its group until the stop."""
         group = self.stages[stage.name]
         try:
-            for dep in stage.after:
-                self.waiting[stage.name] = f"after {dep!r}"
-                await self._ready[dep].wait()
-            self.waiting[stage.name] = "device lock" if stage.devices else None
-            asked = time.monotonic()
-            locks = await acquire_device_locks(
-                [str(device) for device in stage.devices],
-                stage=stage.name,
-                lock_dir=self.lock_dir,
-                timeout=self.spec.device_lock_timeout,
-            )
-            self.device_lock_waits[stage.name] = (asked, asked + locks.waited_s)
-            self.waiting[stage.name] = None
+            await self._wait_for_turn(stage)
+            locks = await self._lock_devices(stage)
             try:
-                async with _run_group(group):
+                async with self._running(stage, group):
                     locks.release()
-                    self._ready[stage.name].set()
-                    if all(event.is_set() for event in self._ready.values()):
-                        self.ready_at = time.monotonic()
-                        self._all_ready.set()
+                    self._mark_ready(stage)
                     await self._stop.wait()
             finally:
                 locks.release()
@@ -199,6 +191,50 @@ class Pipeline:
             self.unreaped.extend(group.unreaped)
             for failure in group.failures:
                 self._fail(failure)
+
+    @asynccontextmanager
+    async def _running(self, stage: StageSpec, group: Group) -> AsyncIterator[Group]:
+        """The stage's group, run here or, with a placement, where it places it: the
+        placement entered first and left after the group's reap, in this task. Its
+        error (e.g. ``PlacementError``) leaves the stage's task as itself and fails the
+        pipeline with it."""
+        placement = self._placements[stage.name]
+        if placement is None:
+            async with running_group(group) as running:
+                yield running
+            return
+        self.waiting[stage.name] = "placement"
+        async with placement as starter:
+            self.waiting[stage.name] = None
+            group._use_starter(starter)
+            async with running_group(group) as running:
+                yield running
+
+    async def _wait_for_turn(self, stage: StageSpec) -> None:
+        """Wait until every stage in ``stage.after`` is READY."""
+        for dep in stage.after:
+            self.waiting[stage.name] = f"after {dep!r}"
+            await self._ready[dep].wait()
+
+    async def _lock_devices(self, stage: StageSpec) -> DeviceLocks:
+        """Take the stage's device locks (outside the launch lock, cancellable)."""
+        self.waiting[stage.name] = "device lock" if stage.devices else None
+        asked = time.monotonic()
+        locks = await acquire_device_locks(
+            [str(device) for device in stage.devices],
+            stage=stage.name,
+            lock_dir=self.lock_dir,
+            timeout=self.spec.device_lock_timeout,
+        )
+        self.device_lock_waits[stage.name] = (asked, asked + locks.waited_s)
+        self.waiting[stage.name] = None
+        return locks
+
+    def _mark_ready(self, stage: StageSpec) -> None:
+        self._ready[stage.name].set()
+        if all(event.is_set() for event in self._ready.values()):
+            self.ready_at = time.monotonic()
+            self._all_ready.set()
 
 
 @asynccontextmanager
@@ -253,6 +289,12 @@ def open_pipeline(spec: PipelineSpec) -> AbstractAsyncContextManager[Pipeline]:
 
     Raises:
         TypeError: ``spec`` is not a :class:`PipelineSpec`; raised by the call itself.
+        ValueError: A placed stage has more children than its placement holds; raised
+            by the call itself.
+        PlacementError: On entering, when a placed stage's placement cannot reserve
+            room for its children (e.g.
+            :class:`~launch.integrations.ray.PlacementError`); raised as itself, after
+            every other stage is torn down.
         LaunchFailed: On entering, when a child fails to spawn, crashes or misses its
             ``ready_timeout``, or a stage cannot lock its devices
             (:class:`DeviceLockError`, :class:`DeviceLockTimeout`); on leaving, when a

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
+from ._placement import Placement, check_placement
 from ._spec import (
+    ENV_NAME_RULE,
     ProcessSpec,
     ShutdownPolicy,
-    _check_timeout,
+    check_timeout,
     env_name_ok,
     env_problem,
-    validate_group,
+    unique_members,
 )
+
+if TYPE_CHECKING:  # not at run time: ``import launch`` stays free of anyio (a child's)
+    from ._start.spawn import Starter
 
 DEVICE_ENV_VARS: tuple[str, ...] = (
     "CUDA_VISIBLE_DEVICES",
@@ -47,6 +54,27 @@ def stage_devices(devices: object) -> tuple[str, ...]:
     return tuple(out)
 
 
+def device_env_names(device_env: object) -> tuple[str, ...]:
+    """``device_env`` (one name or a list of them) as a tuple of variable names, each
+    as :func:`~launch._spec.env_name_ok` allows; raises ValueError saying what is wrong
+    (the caller adds whose ``device_env`` it is)."""
+    if isinstance(device_env, str):
+        names: tuple[object, ...] = (device_env,)
+    elif isinstance(device_env, Iterable):
+        names = tuple(device_env)
+    else:
+        names = ()
+    if not names:
+        raise ValueError(f"must name environment variables, got {device_env!r}")
+    for name in names:
+        if not env_name_ok(name):
+            raise ValueError(
+                f"must name environment variables; {name!r} is not a valid variable name "
+                f"({ENV_NAME_RULE})"
+            )
+    return tuple(str(name) for name in names)
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One stage of a pipeline: a group of children with devices and ordering.
@@ -57,7 +85,9 @@ class StageSpec:
     stage named in ``after`` is READY. ``env`` is a parent-side overlay: set on
     ``os.environ`` only while this stage's children are spawned (under the launch
     lock) and restored right after; it reaches the child with every start method.
-    ``shutdown`` overrides the pipeline's policy for this stage.
+    ``shutdown`` overrides the pipeline's policy for this stage. ``placement`` runs the
+    stage's children elsewhere (a Ray cluster), as ``open_group(..., placement=...)``
+    does.
 
     Args:
         name: The stage's name, unique within the pipeline (non-empty): the key of
@@ -75,12 +105,20 @@ class StageSpec:
             children are spawned, then restored; kept as a read-only copy.
         shutdown: This stage's :class:`ShutdownPolicy`; ``None`` takes the
             pipeline's.
+        placement: Where the stage's children run
+            (:class:`~launch.integrations.ray.RayPlacement`: child ``i`` in bundle
+            ``i``); ``None`` for this machine. The placement is reserved when the
+            stage's turn comes and released once its children are reaped. Not with
+            ``devices``: device locks are this machine's, and a placement's bundles
+            give each child its devices on its node.
 
     Raises:
         ValueError: The stage is invalid: an empty name, ``specs`` empty, not
             :class:`ProcessSpec` or with duplicate names, a bad device id or a device
             listed twice, ``after`` naming the stage itself or not naming stages, a
-            bad ``env``, or a ``shutdown`` that is not a :class:`ShutdownPolicy`.
+            bad ``env``, a ``shutdown`` that is not a :class:`ShutdownPolicy`, or both
+            ``placement`` and ``devices``.
+        TypeError: ``placement`` is not a placement (it has no ``open`` method).
     """
 
     name: str
@@ -89,12 +127,14 @@ class StageSpec:
     after: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     shutdown: ShutdownPolicy | None = None
+    placement: Placement | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"StageSpec name must be a non-empty string, got {self.name!r}")
         owner = f"stage {self.name!r}"
-        object.__setattr__(self, "specs", validate_group(self.specs, self.name))
+        specs = unique_members(self.specs, ProcessSpec, owner, noun="child", none="ProcessSpec")
+        object.__setattr__(self, "specs", specs)
         try:
             devices = stage_devices(self.devices)
         except ValueError as exc:
@@ -113,6 +153,33 @@ class StageSpec:
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
         if self.shutdown is not None and not isinstance(self.shutdown, ShutdownPolicy):
             raise ValueError(f"{owner}: shutdown must be a ShutdownPolicy")
+        self._check_placement(owner)
+
+    def _check_placement(self, owner: str) -> None:
+        if check_placement(self.placement, owner) is None:
+            return
+        if self.devices:
+            raise ValueError(
+                f"{owner}: devices {list(self.devices)} cannot be used with a placement: "
+                "device locks are this machine's, and the children run on other nodes; "
+                "ask for devices in the placement's bundles instead (e.g. {'GPU': 1}), "
+                "which give each child its devices on its node"
+            )
+
+    def open_placement(self) -> AbstractAsyncContextManager[Starter] | None:
+        """The stage's placement, opened for its children (not entered yet); None
+        without a placement.
+
+        Returns:
+            The placement's async context manager (see
+            :class:`~launch._placement.Placement`), or None.
+
+        Raises:
+            ValueError: The stage has more children than the placement holds.
+        """
+        if self.placement is None:
+            return None
+        return self.placement.open(self.specs, self.name)
 
 
 @dataclass(frozen=True)
@@ -183,18 +250,8 @@ class PipelineSpec:
             if not all(isinstance(i, str | Path) and str(i) for i in items):
                 raise ValueError(f"{owner}: {key} entries must be non-empty strings")
             object.__setattr__(self, key, items)
-        if isinstance(self.stages, StageSpec):
-            raise ValueError(f"{owner}: pass a list of StageSpec, not a single one")
-        stages = tuple(self.stages)
-        if not stages:
-            raise ValueError(f"{owner} has no stages")
-        names: set[str] = set()
-        for stage in stages:
-            if not isinstance(stage, StageSpec):
-                raise ValueError(f"{owner}: expected StageSpec, got {type(stage).__name__}")
-            if stage.name in names:
-                raise ValueError(f"{owner}: duplicate stage name {stage.name!r}")
-            names.add(stage.name)
+        stages = unique_members(self.stages, StageSpec, owner, noun="stage", none="stages")
+        names = {stage.name for stage in stages}
         for stage in stages:
             for dep in stage.after:
                 if dep not in names:
@@ -204,14 +261,14 @@ class PipelineSpec:
                     )
         _check_cycles(owner, stages)
         object.__setattr__(self, "stages", stages)
-        env_vars = (self.device_env,) if isinstance(self.device_env, str) else self.device_env
-        env_vars = tuple(env_vars)
-        if not env_vars or not all(env_name_ok(v) for v in env_vars):
-            raise ValueError(f"{owner}: device_env must name environment variables")
+        try:
+            env_vars = device_env_names(self.device_env)
+        except ValueError as exc:
+            raise ValueError(f"{owner}: device_env {exc}") from None
         object.__setattr__(self, "device_env", env_vars)
         if self.lock_dir is not None:
             object.__setattr__(self, "lock_dir", Path(self.lock_dir))
-        _check_timeout(owner, "device_lock_timeout", self.device_lock_timeout, allow_none=True)
+        check_timeout(owner, "device_lock_timeout", self.device_lock_timeout, allow_none=True)
         if self.shutdown is not None and not isinstance(self.shutdown, ShutdownPolicy):
             raise ValueError(f"{owner}: shutdown must be a ShutdownPolicy")
 
@@ -223,7 +280,10 @@ class PipelineSpec:
             Whether opening the pipeline starts launch's forkserver first.
         """
         return bool(self.preload) or any(
-            spec.start_method == "forkserver" for stage in self.stages for spec in stage.specs
+            spec.start_method == "forkserver"
+            for stage in self.stages
+            if stage.placement is None  # a placed child starts fresh on its node
+            for spec in stage.specs
         )
 
     def __getitem__(self, name: str) -> StageSpec:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 #: How a child starts: ``"spawn"`` (a fresh interpreter, the default), ``"forkserver"``
 #: (a fork of launch's own forkserver, see :func:`launch.prewarm`) or ``"fork"`` (a fork
@@ -20,7 +22,9 @@ OUTPUTS: tuple[str, ...] = ("inherit", "prefix")
 _TARGET_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
-def _check_timeout(owner: str, key: str, value: float | None, *, allow_none: bool) -> None:
+def check_timeout(owner: str, key: str, value: float | None, *, allow_none: bool) -> None:
+    """Raise ValueError, naming ``owner`` and ``key``, unless ``value`` is a finite
+    number of seconds >= 0 (or None, where ``allow_none``)."""
     if value is None:
         if not allow_none:
             raise ValueError(f"{owner}: {key} must be a number of seconds, not None")
@@ -34,35 +38,74 @@ def _check_timeout(owner: str, key: str, value: float | None, *, allow_none: boo
         raise ValueError(f"{owner}: {key} must be a finite number of seconds ({hint})")
 
 
+ENV_NAME_RULE = "a non-empty printable string without '=' or whitespace"
+
+
+def _encodes(text: str) -> bool:
+    """True if ``os.environ`` can take ``text``: it encodes to the file-system encoding
+    (a lone surrogate such as ``'\\ud800'`` does not, and fails the spawn)."""
+    try:
+        os.fsencode(text)
+    except UnicodeError:
+        return False
+    return True
+
+
 def env_name_ok(name: object) -> bool:
     """The one rule for an environment variable name launch sets (``ProcessSpec.env``,
-    ``StageSpec.env``, ``device_env``): a non-empty printable string without ``=`` or
-    whitespace. Names a shell cannot export (``MY-VAR``) are allowed, as the OS allows
-    them; ``=``, NUL and spaces are not."""
+    ``StageSpec.env``, ``device_env``, a pipeline file's ``env`` and ``device_env``).
+
+    A non-empty printable string without ``=`` or whitespace that the OS can encode.
+    Everything it accepts, ``os.environ`` and ``subprocess`` accept too; of what they
+    take it refuses only names no shell can write (a space, a control character),
+    which are mistakes. Names a shell cannot export but programs read (``MY-VAR``)
+    are allowed.
+
+    Args:
+        name: the candidate name.
+
+    Returns:
+        Whether launch accepts it.
+    """
     return (
         isinstance(name, str)
         and bool(name)
         and name.isprintable()
         and "=" not in name
         and not any(c.isspace() for c in name)
+        and _encodes(name)
     )
 
 
 def env_problem(env: object, key: str = "env") -> str | None:
-    """What is wrong with ``env`` as a mapping of variable names to strings, as a
-    phrase that starts with ``key`` (e.g. ``"env['N'] must be a string, got int 1"``);
-    None if nothing is."""
+    """What is wrong with ``env`` as a mapping of variable names to strings.
+
+    The one check of an ``env`` mapping, used by :class:`ProcessSpec`,
+    :class:`~launch.StageSpec` and the pipeline-file reader: names as
+    :func:`env_name_ok` allows, values strings without NUL that the OS can encode.
+
+    Args:
+        env: the candidate mapping.
+        key: how the mapping is named at the start of the phrase.
+
+    Returns:
+        A phrase that starts with ``key`` (e.g. ``"env['N'] must be a string, got int
+        1"``), or None if nothing is wrong.
+    """
     if not isinstance(env, Mapping):
         return f"{key} must be a mapping of str to str, got {type(env).__name__}"
     for name, value in env.items():
         if not env_name_ok(name):
-            return (
-                f"{key} key {name!r} is not a valid variable name "
-                "(a non-empty printable string without '=' or whitespace)"
-            )
-        if not isinstance(value, str) or "\0" in value:
-            what = "a string" if not isinstance(value, str) else "a string without NUL"
-            return f"{key}[{name!r}] must be {what}, got {type(value).__name__} {value!r}"
+            return f"{key} key {name!r} is not a valid variable name ({ENV_NAME_RULE})"
+        if not isinstance(value, str):
+            what = "a string"
+        elif "\0" in value:
+            what = "a string without NUL"
+        elif not _encodes(value):
+            what = f"a string the OS can encode ({sys.getfilesystemencoding()})"
+        else:
+            continue
+        return f"{key}[{name!r}] must be {what}, got {type(value).__name__} {value!r}"
     return None
 
 
@@ -148,7 +191,7 @@ class ProcessSpec:
         problem = env_problem(self.env)
         if problem is not None:
             raise ValueError(f"{owner}: {problem}")
-        _check_timeout(owner, "ready_timeout", self.ready_timeout, allow_none=True)
+        check_timeout(owner, "ready_timeout", self.ready_timeout, allow_none=True)
         if self.output not in OUTPUTS:
             raise ValueError(
                 f"{owner}: unknown output {self.output!r}; expected one of {', '.join(OUTPUTS)}"
@@ -200,7 +243,7 @@ class ShutdownPolicy:
 
     def __post_init__(self) -> None:
         for key in ("stop_timeout", "term_timeout", "kill_timeout"):
-            _check_timeout("ShutdownPolicy", key, getattr(self, key), allow_none=False)
+            check_timeout("ShutdownPolicy", key, getattr(self, key), allow_none=False)
 
     @property
     def budget(self) -> float:
@@ -212,18 +255,79 @@ class ShutdownPolicy:
         return self.stop_timeout + self.term_timeout + self.kill_timeout
 
 
-def validate_group(specs: Iterable[ProcessSpec], group: str) -> tuple[ProcessSpec, ...]:
-    """Check a group's specs as a whole: non-empty, all ``ProcessSpec``, unique names."""
-    if isinstance(specs, ProcessSpec):
-        raise ValueError(f"group {group!r}: pass a list of ProcessSpec, not a single one")
-    result = tuple(specs)
-    if not result:
-        raise ValueError(f"group {group!r} has no ProcessSpec")
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+N = TypeVar("N", bound=_Named)
+
+
+def first_duplicate(names: Iterable[str]) -> str | None:
+    """The first name that comes again in ``names``, or None if all are unique.
+
+    The one uniqueness rule for child names in a group and stage names in a pipeline
+    (a pipeline file's reader uses it too): names are compared exactly.
+
+    Args:
+        names: the names, in order.
+
+    Returns:
+        The first repeated name, or None.
+    """
     seen: set[str] = set()
-    for spec in result:
-        if not isinstance(spec, ProcessSpec):
-            raise ValueError(f"group {group!r}: expected ProcessSpec, got {type(spec).__name__}")
-        if spec.name in seen:
-            raise ValueError(f"group {group!r}: duplicate child name {spec.name!r}")
-        seen.add(spec.name)
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
+def unique_members(
+    items: Iterable[N], kind: type[N], owner: str, *, noun: str, none: str
+) -> tuple[N, ...]:
+    """Check a collection of named specs as a whole: a list (not one spec), non-empty,
+    every item a ``kind``, names unique (:func:`first_duplicate`).
+
+    Args:
+        items: the specs.
+        kind: the class each must be.
+        owner: who holds them, as messages start (``"group 'tp'"``).
+        noun: what a name names, in messages (``"child"``, ``"stage"``).
+        none: what is missing when ``items`` is empty (``"ProcessSpec"``, ``"stages"``).
+
+    Returns:
+        The items, as a tuple.
+
+    Raises:
+        ValueError: one of those checks failed; the message names ``owner``.
+    """
+    if isinstance(items, kind):
+        raise ValueError(f"{owner}: pass a list of {kind.__name__}, not a single one")
+    result = tuple(items)
+    if not result:
+        raise ValueError(f"{owner} has no {none}")
+    for item in result:
+        if not isinstance(item, kind):
+            raise ValueError(f"{owner}: expected {kind.__name__}, got {type(item).__name__}")
+    duplicate = first_duplicate(item.name for item in result)
+    if duplicate is not None:
+        raise ValueError(f"{owner}: duplicate {noun} name {duplicate!r}")
     return result
+
+
+def validate_group(specs: Iterable[ProcessSpec], group: str) -> tuple[ProcessSpec, ...]:
+    """Check a group's specs as a whole: non-empty, all ``ProcessSpec``, unique names.
+
+    Args:
+        specs: the group's specs.
+        group: the group's name, for messages.
+
+    Returns:
+        The specs, as a tuple.
+
+    Raises:
+        ValueError: the specs are one ``ProcessSpec``, none, not all ``ProcessSpec``, or
+            two share a name.
+    """
+    return unique_members(specs, ProcessSpec, f"group {group!r}", noun="child", none="ProcessSpec")

@@ -48,7 +48,7 @@ class Unreaped:
 
 
 class Stoppable(Protocol):
-    """What teardown needs of a child."""
+    """What teardown needs of a child: its run (``launch._run.ChildRun``) provides it."""
 
     @property
     def name(self) -> str: ...

@@ -1,4 +1,5 @@
-"""Both backends for every async test, and a no-leaked-process check on every test.
+"""Both backends for every async test, every start method where the method matters, and
+a no-leaked-process check on every test.
 
 ``--backend trio|asyncio|all`` (default all): trio tests run through pytest-trio, asyncio
 tests through anyio's pytest plugin.
@@ -9,8 +10,10 @@ from __future__ import annotations
 import inspect
 
 import pytest
+import trio.testing
 
 import launch._start.forkserver
+from launch._spec import START_METHODS
 
 pytest_plugins = ["pytester"]
 
@@ -28,6 +31,45 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Every test marked ``anyio`` (all async test modules) runs under both backends."""
     return str(request.param)
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    """Each of launch's start methods, from launch's own table: a new start method is
+    covered by every test that takes this fixture without editing the tests."""
+    return str(request.param)
+
+
+# With trio's MockClock, virtual time stands still while any task can run, and jumps to
+# the next deadline once every task has been blocked for the threshold (real time).
+# Among real processes the threshold must be long enough that an event about to happen
+# (an exit seen through a pidfd, a message on a socket, a spawn in a worker thread) is
+# not jumped over, even on a loaded machine.
+REAL_PROCESS_AUTOJUMP_S = 0.3
+
+
+def _mock_clock(backend: str, threshold: float) -> trio.testing.MockClock | None:
+    # pytest-trio runs a test with the Clock among its fixtures; asyncio has none
+    return trio.testing.MockClock(autojump_threshold=threshold) if backend == "trio" else None
+
+
+@pytest.fixture
+def virtual_clock(anyio_backend: str) -> trio.testing.MockClock | None:
+    """Under trio, a clock that jumps as soon as every task is blocked: for tests with no
+    real process, whose waits then take no real time. Under asyncio, None (real time)."""
+    return _mock_clock(anyio_backend, 0)
+
+
+@pytest.fixture
+def grace_clock(anyio_backend: str) -> trio.testing.MockClock | None:
+    """Under trio, a clock that jumps once every task has been blocked for
+    ``REAL_PROCESS_AUTOJUMP_S``: a test with real processes that takes it waits out its
+    shutdown grace periods in virtual time. Under asyncio, None (real time).
+
+    Sound only in a test with no deadline that a slow real event could be jumped past
+    (a ``ready_timeout`` during a slow startup, a bound on how soon a child exits).
+    """
+    return _mock_clock(anyio_backend, REAL_PROCESS_AUTOJUMP_S)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -18,6 +18,7 @@ import pytest
 import launch
 import launch._prefetch
 from launch import PipelineSpec, ProcessSpec, StageSpec
+from launch._preload import Preload
 from launch._start.forkserver import FORKSERVER
 
 pytestmark = pytest.mark.anyio
@@ -111,6 +112,9 @@ def test_cuda_check_sees_an_open_nvidia_uvm(monkeypatch: pytest.MonkeyPatch) -> 
         "readlink",
         lambda path: "/dev/nvidia-uvm" if str(path).endswith("/0") else real_readlink(path),
     )
+    # no CUDA driver loaded here: the open file is NVML's, say, and forking is safe
+    assert server.cuda_initialized() is None or "torch" in sys.modules
+    monkeypatch.setattr(server, "_cuda_driver_initialized", lambda: True)  # cuInit ran
     reason = server.cuda_initialized()
     assert reason is not None and "/dev/nvidia-uvm is open" in reason
 
@@ -159,19 +163,28 @@ async def test_preload_modules_imports_off_the_event_loop(modules: Path) -> None
 
 
 async def test_preload_modules_stops_after_the_current_module_when_the_block_fails(
-    modules: Path,
+    modules: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = slow_module(modules, "parent_slow_b", 0.3)
     second = slow_module(modules, "parent_slow_c", 0)
+    returned = threading.Event()  # the importing thread is done: nothing more is imported
+    import_all = Preload._import_all
+
+    def import_all_then_tell(self: Preload) -> None:
+        try:
+            import_all(self)
+        finally:
+            returned.set()
+
+    monkeypatch.setattr(Preload, "_import_all", import_all_then_tell)
     with pytest.raises(KeyError):
-        async with launch.preload_modules([first, second]):
-            await anyio.sleep(0.05)
-            raise KeyError("boom")
-    deadline = time.monotonic() + 3
-    while first not in sys.modules and time.monotonic() < deadline:
-        await anyio.sleep(0.05)
-    await anyio.sleep(0.2)
-    assert first in sys.modules and second not in sys.modules
+        async with launch.preload_modules([first, second]) as preload:
+            with anyio.fail_after(5):
+                while first not in sys.modules:  # there from the start of its import
+                    await anyio.sleep(0.01)
+            raise KeyError("boom")  # while `first` imports (0.3 s)
+    assert await anyio.to_thread.run_sync(returned.wait, 5)
+    assert list(preload.imported) == [first] and second not in sys.modules
 
 
 async def test_preload_modules_reports_an_import_error() -> None:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,14 @@ import pytest
 from launch.bench import BenchConfig, BenchResult, run_bench
 from launch.bench._heavy import heavy_modules, make_config
 from launch.bench._report import claims, tables
-from launch.bench._strategies import STRATEGIES, ChildPlan, MpChild, stop_all, wait_all_ready
+from launch.bench._strategies import (
+    PEERS,
+    STRATEGIES,
+    ChildPlan,
+    MpChild,
+    stop_all,
+    wait_all_ready,
+)
 from launch.bench._teardown import TEARDOWN_POLICIES, VLLM_WAIT_S
 
 ROOT = Path(__file__).parent.parent
@@ -53,7 +61,7 @@ def test_spawn_start_blocks_on_child_imports_only_above_the_pipe_buffer(
         assert took < 0.4
 
 
-@pytest.mark.parametrize("strategy", list(STRATEGIES))
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s not in PEERS])
 def test_every_strategy_brings_every_child_to_ready_and_reaps_it(strategy: str) -> None:
     with heavy_modules() as scratch:
         if strategy == "launch-forkserver":
@@ -87,7 +95,7 @@ def test_a_baseline_reports_its_childs_failure() -> None:
     assert "KeyError: 'stamp'" in str(info.value)
 
 
-@pytest.mark.parametrize("policy", list(TEARDOWN_POLICIES))
+@pytest.mark.parametrize("policy", [p for p in TEARDOWN_POLICIES if p not in PEERS])
 def test_teardown_policies_reap_every_child(policy: str) -> None:
     with heavy_modules() as scratch:
         run = TEARDOWN_POLICIES[policy](plans(scratch, 3, payload=1024, **TINY), 60)
@@ -169,6 +177,7 @@ def cli(
 def test_launch_bench_writes_table_json_and_plot(tmp_path: Path) -> None:
     proc = cli(
         tmp_path,
+        "--strategies", ",".join(s for s in STRATEGIES if s not in PEERS),
         "--n", "1,2",
         "--repeats", "1",
         "--import-s", "0.05",
@@ -179,14 +188,14 @@ def test_launch_bench_writes_table_json_and_plot(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     for strategy in STRATEGIES:
-        assert strategy in proc.stdout
+        assert (strategy in proc.stdout) == (strategy not in PEERS)
     assert "payload 128 KiB" in proc.stdout and "to all reaped" in proc.stdout
     assert "[28/31]" in proc.stderr  # progress: 7 strategies x 2 N x 2 payloads + 3 teardowns
     data = json.loads((tmp_path / "bench-synthetic.json").read_text())
     assert data["format"] == "launch-bench/1" and data["machine"]["cpus"] >= 1
     assert len(data["startup"]) == 28
     assert all(len(cell["ready_s"]) == 1 and not cell["errors"] for cell in data["startup"])
-    assert [t["policy"] for t in data["teardown"]] == [
+    assert [t["policy"] for t in data["teardown"]] == [  # a peer's only with the peer
         "launch-trio",
         "launch-asyncio",
         "vllm-policy",
@@ -257,3 +266,135 @@ def test_accelerator_trials_run_each_variant() -> None:
     # the parent-preload trials end only once the parent has imported the slow module
     preload = [c for c in result.accelerators if c.strategy.startswith("parent")]
     assert all(cell.ready_s[0] >= TINY["import_s"] for cell in preload)
+
+
+# The peers (Ray, torch elastic). Last in the module: the Ray cluster that their tests
+# share runs from the first of them to the end of the module.
+
+
+def test_a_missing_peer_tool_skips_its_cells_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from launch.bench import _run, _strategies
+    from launch.bench._report import notes
+
+    monkeypatch.setitem(_strategies.PEER_TOOLS, "ray-actors", "no_such_tool_for_launch")
+    monkeypatch.setattr(_run, "TEARDOWN_POLICIES", {"ray-actors": TEARDOWN_POLICIES["ray-actors"]})
+    config = BenchConfig(
+        ns=(1,), strategies=("ray-actors",), repeats=1, payloads=(1024,), teardown_n=2, **TINY
+    )
+    assert _run.teardown_policies(config) == ["ray-actors"]
+    result = run_bench(config)
+    reason = "skipped: no_such_tool_for_launch is not installed"
+    assert [c.errors for c in result.startup] == [
+        [reason + " (pip install no_such_tool_for_launch)"]
+    ]
+    assert result.teardown[0].errors[0].startswith(reason) and not result.teardown[0].reaped_s
+    assert result.ray_init_s is None
+    assert any(
+        line.startswith("ray-actors N=1, payload 1 KiB: " + reason) for line in notes(result)
+    )
+
+
+def test_peer_teardowns_run_only_with_their_peer() -> None:
+    from launch.bench._run import teardown_policies
+
+    assert teardown_policies(BenchConfig(strategies=("launch-trio",))) == [
+        "launch-trio",
+        "launch-asyncio",
+        "vllm-policy",
+    ]
+    assert teardown_policies(BenchConfig(strategies=("torchelastic",)))[-1] == "torchelastic"
+    assert teardown_policies(BenchConfig(teardown_n=0)) == []
+
+
+def _needs(strategy: str) -> None:
+    pytest.importorskip({"ray-actors": "ray", "torchelastic": "torch"}[strategy])
+
+
+@pytest.fixture(scope="module")
+def ray_running() -> Iterator[float | None]:
+    """One local Ray for the module's peer tests (its start costs seconds), up before each
+    test's leak check begins; None (and no Ray) if ray is not installed."""
+    try:
+        from launch.bench._peers_ray import ray_cluster
+
+        cluster = ray_cluster(4)
+        init_s = cluster.__enter__()
+    except ImportError:
+        yield None
+        return
+    try:
+        yield init_s
+    finally:
+        cluster.__exit__(None, None, None)
+
+
+@pytest.fixture(params=PEERS)
+def peer(request: pytest.FixtureRequest, ray_running: float | None) -> str:
+    """Each peer strategy, skipped if its tool is not installed."""
+    strategy: str = request.param
+    _needs(strategy)
+    return strategy
+
+
+def test_each_peer_brings_every_child_to_ready_and_reaps_it(peer: str) -> None:
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with heavy_modules() as scratch:
+        run = STRATEGIES[peer](plans(scratch, 2, payload=1024, **TINY), 120.0)
+    assert run.ready_s >= TINY["init_s"]
+    assert 0 <= run.started_s <= run.ready_s
+    assert len(run.peak_rss_mib) == 2 and all(rss > 1 for rss in run.peak_rss_mib)
+    # torch elastic installs its own handlers; the bench's (Ctrl-C) are back afterwards
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+
+
+def test_a_peer_reports_its_childs_failure(peer: str) -> None:
+    with heavy_modules() as scratch:
+        (plan,) = plans(scratch, 1, payload=0, **TINY)
+        broken = ChildPlan("broken", "synthetic", {**plan.params, "crash_after_s": 0.0})
+        with pytest.raises(Exception, match="KeyError: 'stamp'"):
+            STRATEGIES[peer]([plan, broken], 120)
+
+
+def test_peer_teardowns_reap_every_child(peer: str) -> None:
+    with heavy_modules() as scratch:
+        run = TEARDOWN_POLICIES[peer](plans(scratch, 2, payload=1024, **TINY), 120)
+    assert run.left == 0
+    assert 0 <= run.noticed_s <= run.reaped_s < 60  # siblings initialise for 120 s
+
+
+def test_run_bench_runs_the_peers_beside_launch(
+    ray_running: float | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from launch.bench._report import print_report
+
+    _needs("torchelastic")
+    _needs("ray-actors")
+    assert ray_running is not None and ray_running > 0  # the fixture's own ray.init
+    config = BenchConfig(
+        ns=(2,),
+        strategies=("ray-actors", "torchelastic", "launch-trio"),
+        repeats=1,
+        payloads=(1024,),
+        teardown_n=0,
+        focus_n=2,
+        **TINY,
+    )
+    result = run_bench(config)
+    assert [(c.strategy, len(c.ready_s), c.errors) for c in result.startup] == [
+        ("ray-actors", 1, []),
+        ("torchelastic", 1, []),
+        ("launch-trio", 1, []),
+    ]
+    assert result.ray_init_s is None  # Ray was running already: used as it is
+    assert any(
+        "the peers: ray-actors" in line and "torchelastic" in line for line in claims(result)
+    )
+    result.ray_init_s = 2.5
+    print_report(result, plain=True)
+    out = capsys.readouterr().out
+    assert "ray init (the local cluster, once per run) took 2.50s" in out
+    assert "ray-actors" in out and "torchelastic" in out

@@ -333,9 +333,9 @@ def test_ctrl_c_during_bench_is_quiet_and_keeps_what_was_measured(
     )  # fmt: skip
     cli = Cli.__new__(Cli)
     cli.proc, cli.output = proc, ""
-    cli.wait_for(after)  # the next trial's children are in their init now
-    time.sleep(0.5)
-    spawned = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+    cli.wait_for(after)  # the next trial has begun
+    spawned = cli.children(1)  # and started its children: they are in their init
+    assert spawned, cli.output
     cli.ctrl_c()
     time.sleep(0.2)
     cli.ctrl_c()  # a second Ctrl-C does not cut the cleanup short

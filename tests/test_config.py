@@ -8,6 +8,7 @@ import pytest
 
 import launch
 from launch._config import missing_targets
+from launch._spec import START_METHODS
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "omni_pipeline.toml"
 
@@ -121,7 +122,7 @@ def test_the_example_file_is_valid() -> None:
         (
             "[[stage]]\nname = 'a'\ntarget = 'm:f'\nstart_method = 'thread'\n",
             "stage 'a'",
-            "key 'start_method': must be one of spawn, forkserver, fork",
+            f"key 'start_method': must be one of {', '.join(START_METHODS)}",
         ),
         ("[[stage]]\nname = 'a'\ntarget = 'm:f'\ndevices = 0\n", "stage 'a'", "key 'devices'"),
         (
@@ -232,3 +233,60 @@ def test_invalid_stage_and_pipeline_specs_raise_before_anything_starts() -> None
         launch.PipelineSpec([launch.StageSpec("a", [serve])], device_env="CUDA VISIBLE")
     with pytest.raises(ValueError, match="no stages"):
         launch.PipelineSpec([])
+
+
+def toml_string(text: str) -> str:
+    """``text`` as a TOML basic string (control characters escaped)."""
+    return '"' + "".join(f"\\u{ord(c):04x}" if ord(c) < 32 or c in '"\\' else c for c in text) + '"'
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    # what TOML can hold of the cases of tests/test_spec.py (no lone surrogates)
+    [
+        ("MY_VAR", "1", True),
+        ("MY-VAR", "1", True),
+        ("É", "1", True),
+        ("X", "line\nbreak", True),
+        ("A=B", "1", False),
+        ("", "1", False),
+        ("A\0", "1", False),
+        ("A B", "1", False),
+        ("X", "a\0b", False),
+    ],
+)
+def test_the_file_follows_the_env_rule_of_the_specs(
+    tmp_path: Path, name: str, value: str, accepted: bool
+) -> None:
+    env = f"{{ {toml_string(name)} = {toml_string(value)} }}"
+    stage = f"{STAGE_A}env = {env}\n"
+    child = launch.ProcessSpec("m:f", name="a-0")
+    if accepted:
+        assert dict(load(tmp_path, stage)["a"].env) == {name: value}
+        launch.StageSpec("a", [child], env={name: value})  # the same verdict
+        return
+    with pytest.raises(ValueError) as spec_error:
+        launch.StageSpec("a", [child], env={name: value})
+    with pytest.raises(launch.ConfigError) as info:
+        load(tmp_path, stage)
+    assert (info.value.stage, info.value.key) == ("a", "env")
+    # the same message as the StageSpec's, after the file, stage and key
+    assert str(info.value).endswith(": key 'env': " + str(spec_error.value).split(": ", 1)[1])
+
+
+def test_file_device_env_and_duplicate_stages_name_their_key(tmp_path: Path) -> None:
+    bad_env = load_error(tmp_path, "[pipeline]\ndevice_env = ['CUDA VISIBLE']\n" + STAGE_A)
+    assert bad_env.key == "pipeline.device_env"
+    assert "must name environment variables; 'CUDA VISIBLE' is not a valid" in str(bad_env)
+    twice = load_error(tmp_path, STAGE_A + STAGE_A)
+    assert (twice.stage, twice.key) == ("a", "name")
+    assert str(twice).endswith(": stage 'a': key 'name': duplicate stage name 'a'")
+
+
+STAGE_A = "[[stage]]\nname = 'a'\ntarget = 'm:f'\n"
+
+
+def load_error(tmp_path: Path, text: str) -> launch.ConfigError:
+    with pytest.raises(launch.ConfigError) as info:
+        load(tmp_path, text)
+    return info.value

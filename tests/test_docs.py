@@ -83,6 +83,12 @@ SETUPS = {
     "omni_prompt": """
         prompt_token_ids = [151644, 872, 198]
     """,
+    # vllm-omni 0.30.0's deploy/qwen2_5_omni.yaml (tests/data/omni), in the scratch directory
+    "omni_deploy": f"""
+        import shutil
+
+        shutil.copy({str(ROOT / "tests/data/omni/deploy/qwen2_5_omni.yaml")!r}, ".")
+    """,
 }
 
 

@@ -8,19 +8,16 @@ from pathlib import Path
 
 import anyio
 import pytest
+import trio.testing
 from procs import alive
 
 import launch
 from launch import ProcessSpec, ShutdownPolicy
+from launch._spec import START_METHODS
 
 pytestmark = pytest.mark.anyio
 
 FAST = ShutdownPolicy(stop_timeout=1.0, term_timeout=1.0, kill_timeout=1.0)
-
-
-@pytest.fixture(params=["spawn", "forkserver", "fork"])
-def method(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def spec(target: str, name: str, method: str, **kw: object) -> ProcessSpec:
@@ -28,8 +25,8 @@ def spec(target: str, name: str, method: str, **kw: object) -> ProcessSpec:
     return ProcessSpec(f"targets:{target}", name=name, kwargs=kwargs, start_method=method, **kw)  # type: ignore[arg-type]
 
 
-async def test_eight_one_second_inits_start_concurrently(method: str) -> None:
-    specs = [spec("serve", f"w{i}", method, kwargs={"init": 1.0}) for i in range(8)]
+async def test_eight_one_second_inits_start_concurrently(start_method: str) -> None:
+    specs = [spec("serve", f"w{i}", start_method, kwargs={"init": 1.0}) for i in range(8)]
     started = time.monotonic()
     async with launch.open_group(specs, name="tp") as group:
         elapsed = time.monotonic() - started
@@ -46,9 +43,9 @@ async def test_eight_one_second_inits_start_concurrently(method: str) -> None:
     assert all(c.exitcode == 0 for c in group.children)  # cooperative stop, clean exit
 
 
-async def test_crash_before_ready_reports_the_childs_traceback(method: str) -> None:
-    specs = [spec("serve", f"w{i}", method, kwargs={"init": 5.0}) for i in range(3)]
-    specs.append(spec("crash", "w3", method, kwargs={"delay": 0.2}))
+async def test_crash_before_ready_reports_the_childs_traceback(start_method: str) -> None:
+    specs = [spec("serve", f"w{i}", start_method, kwargs={"init": 5.0}) for i in range(3)]
+    specs.append(spec("crash", "w3", start_method, kwargs={"delay": 0.2}))
     started = time.monotonic()
     with pytest.raises(launch.LaunchFailed) as info:
         async with launch.open_group(specs, name="tp"):
@@ -67,17 +64,17 @@ async def test_crash_before_ready_reports_the_childs_traceback(method: str) -> N
     assert "'w3'" in str(error)
 
 
-async def test_exit_zero_before_ready_is_a_crash(method: str) -> None:
+async def test_exit_zero_before_ready_is_a_crash(start_method: str) -> None:
     with pytest.raises(launch.LaunchFailed) as info:
-        async with launch.open_group([spec("exit_zero", "cfg", method)]):
+        async with launch.open_group([spec("exit_zero", "cfg", start_method)]):
             pass
     first = info.value.first
     assert isinstance(first, launch.ChildCrashed)
     assert first.exitcode == 0 and first.phase == "configure"
 
 
-async def test_ready_timeout_names_the_last_phase(method: str) -> None:
-    specs = [spec("hang", "w0", method, ready_timeout=0.5), spec("serve", "w1", method)]
+async def test_ready_timeout_names_the_last_phase(start_method: str) -> None:
+    specs = [spec("hang", "w0", start_method, ready_timeout=0.5), spec("serve", "w1", start_method)]
     started = time.monotonic()
     with pytest.raises(launch.LaunchFailed) as info:
         async with launch.open_group(specs, shutdown=FAST):
@@ -90,8 +87,11 @@ async def test_ready_timeout_names_the_last_phase(method: str) -> None:
     assert len(info.value.exceptions) == 1
 
 
-async def test_death_after_ready_cancels_the_block(method: str) -> None:
-    specs = [spec("serve", "w0", method), spec("die_after_ready", "w1", method, kwargs={"code": 3})]
+async def test_death_after_ready_cancels_the_block(start_method: str) -> None:
+    specs = [
+        spec("serve", "w0", start_method),
+        spec("die_after_ready", "w1", start_method, kwargs={"code": 3}),
+    ]
     reached_end = False
     with pytest.raises(launch.LaunchFailed) as info:
         async with launch.open_group(specs) as group:
@@ -106,19 +106,19 @@ async def test_death_after_ready_cancels_the_block(method: str) -> None:
     assert not any(alive(pid) for pid in pids)
 
 
-async def test_exception_after_ready_carries_its_traceback(method: str) -> None:
+async def test_exception_after_ready_carries_its_traceback(start_method: str) -> None:
     with pytest.raises(launch.LaunchFailed) as info:
-        async with launch.open_group([spec("raise_after_ready", "w0", method)]):
+        async with launch.open_group([spec("raise_after_ready", "w0", start_method)]):
             await anyio.sleep(30)
     first = info.value.first
     assert isinstance(first, launch.ChildDied)
     assert first.remote_type == "ValueError" and "lost connection to peer" in str(first)
 
 
-async def test_sigterm_ignoring_child_is_killed_within_budget(method: str) -> None:
+async def test_sigterm_ignoring_child_is_killed_within_budget(start_method: str) -> None:
     policy = ShutdownPolicy(stop_timeout=0.3, term_timeout=0.3, kill_timeout=1.0)
     async with launch.open_group(
-        [spec("ignore_sigterm", "stubborn", method)], shutdown=policy
+        [spec("ignore_sigterm", "stubborn", start_method)], shutdown=policy
     ) as g:
         pid = g["stubborn"].pid
         left = time.monotonic()
@@ -129,8 +129,8 @@ async def test_sigterm_ignoring_child_is_killed_within_budget(method: str) -> No
     assert g.unreaped == []
 
 
-async def test_outer_cancel_during_startup_leaves_nothing(method: str) -> None:
-    specs = [spec("serve", f"w{i}", method, kwargs={"init": 30.0}) for i in range(4)]
+async def test_outer_cancel_during_startup_leaves_nothing(start_method: str) -> None:
+    specs = [spec("serve", f"w{i}", start_method, kwargs={"init": 30.0}) for i in range(4)]
     started = time.monotonic()
     with anyio.move_on_after(0.5) as scope:
         async with launch.open_group(specs):
@@ -140,36 +140,36 @@ async def test_outer_cancel_during_startup_leaves_nothing(method: str) -> None:
     # the no-leaked-process fixture checks that all four are gone
 
 
-async def test_outer_cancel_while_running(method: str) -> None:
+async def test_outer_cancel_while_running(start_method: str) -> None:
     with anyio.move_on_after(0.5) as scope:
-        async with launch.open_group([spec("serve", "w0", method)]) as group:
+        async with launch.open_group([spec("serve", "w0", start_method)]) as group:
             pid = group["w0"].pid
             await anyio.sleep(30)
     assert scope.cancelled_caught
     assert not alive(pid)
 
 
-async def test_body_exception_propagates_unwrapped(method: str) -> None:
+async def test_body_exception_propagates_unwrapped(start_method: str) -> None:
     with pytest.raises(KeyError, match="nope"):
-        async with launch.open_group([spec("serve", "w0", method)]) as group:
+        async with launch.open_group([spec("serve", "w0", start_method)]) as group:
             pid = group["w0"].pid
             raise KeyError("nope")
     assert not alive(pid)
 
 
-async def test_cooperative_stop_lets_the_child_finish(method: str, tmp_path: Path) -> None:
+async def test_cooperative_stop_lets_the_child_finish(start_method: str, tmp_path: Path) -> None:
     marker = tmp_path / "stopped"
     async with launch.open_group(
-        [spec("stop_then_exit", "w0", method, kwargs={"marker": str(marker)})]
+        [spec("stop_then_exit", "w0", start_method, kwargs={"marker": str(marker)})]
     ):
         pass
     assert marker.read_text() == "stopped cooperatively"
 
 
-async def test_unpicklable_kwargs_fail_clearly_and_start_nothing(method: str) -> None:
+async def test_unpicklable_kwargs_fail_clearly_and_start_nothing(start_method: str) -> None:
     specs = [
-        spec("serve", "w0", method),
-        spec("serve", "w1", method, kwargs={"payload": lambda: 1}),
+        spec("serve", "w0", start_method),
+        spec("serve", "w1", start_method, kwargs={"payload": lambda: 1}),
     ]
     with pytest.raises(launch.LaunchFailed) as info:
         async with launch.open_group(specs):
@@ -180,19 +180,20 @@ async def test_unpicklable_kwargs_fail_clearly_and_start_nothing(method: str) ->
     assert "could not be pickled" in str(first)
 
 
-async def test_unpicklable_ready_payload_is_reported(method: str) -> None:
+async def test_unpicklable_ready_payload_is_reported(start_method: str) -> None:
     with pytest.raises(launch.LaunchFailed) as info:
-        async with launch.open_group([spec("bad_payload", "w0", method)]):
+        async with launch.open_group([spec("bad_payload", "w0", start_method)]):
             pass
     first = info.value.first
     assert isinstance(first, launch.ChildCrashed)
     assert "not picklable" in str(first)
 
 
-async def test_env_is_applied_in_each_child_and_parent_untouched(method: str) -> None:
+async def test_env_is_applied_in_each_child_and_parent_untouched(start_method: str) -> None:
     before = dict(os.environ)
     specs = [
-        spec("report_env", f"w{i}", method, env={"CUDA_VISIBLE_DEVICES": str(i)}) for i in range(8)
+        spec("report_env", f"w{i}", start_method, env={"CUDA_VISIBLE_DEVICES": str(i)})
+        for i in range(8)
     ]
     async with launch.open_group(specs) as group:
         seen = [c.payload["value"] for c in group.children]
@@ -200,25 +201,27 @@ async def test_env_is_applied_in_each_child_and_parent_untouched(method: str) ->
     assert dict(os.environ) == before
 
 
-async def test_callable_target(method: str) -> None:
+async def test_callable_target(start_method: str) -> None:
     from targets import callable_target
 
-    spec_ = ProcessSpec(callable_target, name="c", kwargs={"value": 21}, start_method=method)  # type: ignore[arg-type]
+    spec_ = ProcessSpec(callable_target, name="c", kwargs={"value": 21}, start_method=start_method)  # type: ignore[arg-type]
     async with launch.open_group([spec_]) as group:
         assert group["c"].payload == 42
 
 
-async def test_lambda_target_is_a_spawn_failure(method: str) -> None:
+async def test_lambda_target_is_a_spawn_failure(start_method: str) -> None:
     with pytest.raises(launch.LaunchFailed) as info:
-        async with launch.open_group([ProcessSpec(lambda: None, name="l", start_method=method)]):  # type: ignore[arg-type]
+        async with launch.open_group(
+            [ProcessSpec(lambda: None, name="l", start_method=start_method)]
+        ):  # type: ignore[arg-type]
             pass
     assert isinstance(info.value.first, launch.SpawnFailed)
 
 
-async def test_unimportable_target_is_a_crash_with_its_traceback(method: str) -> None:
+async def test_unimportable_target_is_a_crash_with_its_traceback(start_method: str) -> None:
     with pytest.raises(launch.LaunchFailed) as info:
         async with launch.open_group(
-            [ProcessSpec("no_such_module:run", name="x", start_method=method)]
+            [ProcessSpec("no_such_module:run", name="x", start_method=start_method)]
         ):
             pass
     first = info.value.first
@@ -226,30 +229,37 @@ async def test_unimportable_target_is_a_crash_with_its_traceback(method: str) ->
     assert first.remote_type == "ModuleNotFoundError" and "no_such_module" in str(first)
 
 
-async def test_ready_twice_is_refused(method: str) -> None:
-    async with launch.open_group([spec("ready_twice", "w0", method)]) as group:
+async def test_ready_twice_is_refused(start_method: str) -> None:
+    async with launch.open_group([spec("ready_twice", "w0", start_method)]) as group:
         await anyio.sleep(0.2)
         assert group["w0"].state is launch.ChildState.READY  # the second ready() did not kill it
 
 
-@pytest.mark.parametrize("method_", ["spawn", "forkserver"])
-async def test_child_side_imports_only_the_standard_library(method_: str) -> None:
-    async with launch.open_group([spec("report_modules", "w0", method_)]) as group:
+# a fork of this process has the test's modules: only the fresh start methods can tell
+@pytest.mark.parametrize("start_method", [m for m in START_METHODS if m != "fork"])
+async def test_child_side_imports_only_the_standard_library(start_method: str) -> None:
+    async with launch.open_group([spec("report_modules", "w0", start_method)]) as group:
         assert group["w0"].payload == []
 
 
 async def test_mixed_start_methods_in_one_group() -> None:
-    specs = [spec("serve", m, m) for m in ("spawn", "forkserver", "fork")]
+    specs = [spec("serve", m, m) for m in START_METHODS]
     async with launch.open_group(specs) as group:
         assert all(c.ready for c in group.children)
 
 
-async def test_a_crash_is_acted_on_before_the_child_has_finished_exiting() -> None:
+async def test_a_crash_is_acted_on_before_the_child_has_finished_exiting(
+    grace_clock: trio.testing.MockClock | None,
+) -> None:
     """The child's exception report starts the teardown; a slow interpreter shutdown
-    (10 s of atexit here) delays neither the error nor the siblings' teardown."""
+    (10 s of atexit here) delays neither the error nor the siblings' teardown. Under trio
+    the lingering child's stop_timeout passes in virtual time (no ready_timeout: nothing
+    that a slow start could be jumped past)."""
     specs = [
-        spec("serve", "steady", "spawn"),
-        spec("crash_then_linger", "slow-exit", "spawn", kwargs={"linger": 10.0}),
+        spec("serve", "steady", "spawn", ready_timeout=None),
+        spec(
+            "crash_then_linger", "slow-exit", "spawn", kwargs={"linger": 10.0}, ready_timeout=None
+        ),
     ]
     began = time.monotonic()
     with pytest.raises(launch.LaunchFailed) as info:
@@ -261,7 +271,7 @@ async def test_a_crash_is_acted_on_before_the_child_has_finished_exiting() -> No
     assert "weights file is corrupt" in (first.remote_traceback or "")
 
 
-@pytest.mark.parametrize("inner", ["spawn", "fork"])
+@pytest.mark.parametrize("inner", START_METHODS)
 async def test_a_forked_child_can_start_a_group_of_its_own(inner: str) -> None:
     """Regression (seen with vLLM's engine cores forked by launch on H200s): the fork
     happens while the spawner thread holds the launch lock; the child inherited it held

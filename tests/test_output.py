@@ -11,18 +11,15 @@ from launch import ProcessSpec
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["spawn", "forkserver", "fork"])
-def method(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-async def test_prefixed_output_is_complete(method: str, capfd: pytest.CaptureFixture[str]) -> None:
+async def test_prefixed_output_is_complete(
+    start_method: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     lines = 3000  # ~150 KB: more than a pipe holds, so the parent must read while it runs
     spec = ProcessSpec(
         "targets:chatty",
         name="w0",
         kwargs={"lines": lines},
-        start_method=method,  # type: ignore[arg-type]
+        start_method=start_method,  # type: ignore[arg-type]
         output="prefix",
     )
     async with launch.open_group([spec], name="tp") as group:
@@ -39,11 +36,11 @@ async def test_prefixed_output_is_complete(method: str, capfd: pytest.CaptureFix
     assert group["w0"].output_tail[-1] == "partial last line"
 
 
-async def test_last_output_lines_appear_in_the_error(method: str) -> None:
+async def test_last_output_lines_appear_in_the_error(start_method: str) -> None:
     spec = ProcessSpec(
         "targets:print_then_crash",
         name="w0",
-        start_method=method,  # type: ignore[arg-type]
+        start_method=start_method,  # type: ignore[arg-type]
         output="prefix",
     )
     with pytest.raises(launch.LaunchFailed) as info:

@@ -113,21 +113,20 @@ async def test_second_stage_spawns_while_first_handshake_is_pending(tmp_path: Pa
         assert t0.spawned is not None and t0.spawned < k0.ready
 
 
-@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
-async def test_devices_and_stage_env_reach_the_child(tmp_path: Path, method: str) -> None:
+async def test_devices_and_stage_env_reach_the_child(tmp_path: Path, start_method: str) -> None:
     keys = ["CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "STAGE_FLAG", "OWN"]
     own = ProcessSpec(
         "targets:report_envs",
         name="own",
         kwargs={"keys": keys},
         env={"CUDA_VISIBLE_DEVICES": "1", "OWN": "x"},
-        start_method=method,  # type: ignore[arg-type]
+        start_method=start_method,  # type: ignore[arg-type]
     )
     spec = pipeline(
         tmp_path,
         StageSpec(
             "thinker",
-            [child("report_envs", "t0", keys=keys, start_method=method), own],
+            [child("report_envs", "t0", keys=keys, start_method=start_method), own],
             devices=(0, 1),
             env={"STAGE_FLAG": "on"},
         ),

@@ -12,12 +12,14 @@ from pathlib import Path
 import psutil
 import pytest
 
+from launch._spec import START_METHODS
+
 SCRIPT = Path(__file__).parent / "scripts" / "hold_group.py"
 
 
-def start_holder(backend: str, init: float) -> subprocess.Popen[str]:
+def start_holder(backend: str, init: float, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, str(SCRIPT), backend, str(init)],
+        [sys.executable, str(SCRIPT), backend, str(init), *args],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -52,14 +54,15 @@ def gone_within(pids: list[int], seconds: float) -> list[int]:
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_parent_sigkill_children_outlive_worker_threads_then_die(backend: str) -> None:
-    holder = start_holder(backend, 0.0)
+    # PDEATHSIG hazard: a child must not die with the worker thread that spawned it. The
+    # holder ends its worker threads once all are READY (as their 10 s idle timeout would)
+    # and reports only once they are gone.
+    holder = start_holder(backend, 0.0, "--end-worker-threads")
     try:
         assert read_line(holder).strip() == "starting"
-        spawned = time.monotonic()
         info = json.loads(read_line(holder))
+        assert info["threads_left"] == [], info
         pids = list(info["children"].values())
-        # Past the 10 s idle exit of the worker threads that spawned them (PDEATHSIG hazard).
-        time.sleep(max(0.0, 12.0 - (time.monotonic() - spawned)))
         assert gone_within(pids, 0) == pids, "a child died with the thread that spawned it"
         holder.kill()
         holder.wait()
@@ -85,12 +88,13 @@ def test_sigint_during_startup_exits_fast_and_leaves_nothing(backend: str) -> No
         assert read_line(holder).strip() == "starting"
         deadline = time.monotonic() + 10.0
         descendants: list[int] = []
-        while len(descendants) < 4 and time.monotonic() < deadline:  # 3 children + forkserver
+        want = len(START_METHODS) + 1  # the children and the forkserver
+        while len(descendants) < want and time.monotonic() < deadline:
             time.sleep(0.1)
             descendants = [  # a forkserver child's guard is adopted by the server: not counted
                 p.pid for p in psutil.Process(holder.pid).children(recursive=True) if not guard(p)
             ]
-        assert len(descendants) == 4, descendants
+        assert len(descendants) == want, descendants
         time.sleep(0.3)  # into their init
         holder.send_signal(signal.SIGINT)
         interrupted = time.monotonic()
@@ -106,4 +110,5 @@ def test_callable_target_defined_in_main() -> None:
     script = Path(__file__).parent / "scripts" / "main_target.py"
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:3] == ["spawn 42", "forkserver 42", "fork 42"]
+    lines = out.stdout.splitlines()[: len(START_METHODS)]
+    assert lines == [f"{method} 42" for method in START_METHODS]

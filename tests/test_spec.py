@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pickle
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -102,3 +104,73 @@ def test_child_failed_text_and_pickling() -> None:
     group = launch.LaunchFailed("x", [later, exc])
     assert group.first is exc
     assert isinstance(group.split(launch.ChildDied)[0], launch.LaunchFailed)
+
+
+# One env rule (launch._spec.env_problem) for ProcessSpec.env, StageSpec.env,
+# device_env and a pipeline file's env / device_env (tests/test_config.py).
+ENV_CASES = [
+    # (name, value, accepted)
+    ("MY_VAR", "1", True),
+    ("MY-VAR", "1", True),  # no shell can export it, but programs read it
+    ("É", "1", True),
+    ("X", "line\nbreak", True),
+    ("X", "\udcff", True),  # an undecodable byte (surrogateescape) encodes back
+    ("A=B", "1", False),  # os.environ: illegal environment variable name
+    ("", "1", False),
+    ("A\0", "1", False),  # embedded null byte
+    ("A B", "1", False),  # works in the OS; a shell cannot write it: refused
+    ("X", "a\0b", False),
+    ("X", "\ud800", False),  # a lone surrogate: os.environ cannot encode it
+]
+
+
+@pytest.mark.parametrize(("name", "value", "accepted"), ENV_CASES)
+def test_one_env_rule_for_child_stage_and_device_env(name: str, value: str, accepted: bool) -> None:
+    env = {name: value}
+    child = ProcessSpec("m:f", name="a")
+    makers: dict[str, Callable[[], ProcessSpec | launch.StageSpec]] = {
+        "ProcessSpec 'a'": lambda: ProcessSpec("m:f", name="a", env=env),
+        "stage 's'": lambda: launch.StageSpec("s", [child], env=env),
+    }
+    for owner, make in makers.items():
+        if accepted:
+            assert dict(make().env) == env
+            continue
+        with pytest.raises(ValueError) as info:
+            make()
+        message = str(info.value)
+        assert message.startswith(f"{owner}: env")  # names the child or stage, and the key
+        assert repr(name) in message
+    stage = launch.StageSpec("s", [child])
+    if value == "1":  # the name alone decides: device_env follows the same rule
+        if accepted:
+            assert launch.PipelineSpec([stage], device_env=name).device_env == (name,)
+        else:
+            with pytest.raises(
+                ValueError, match=rf"device_env must name .*{re.escape(repr(name))}"
+            ):
+                launch.PipelineSpec([stage], device_env=[name])
+
+
+@pytest.mark.parametrize(("name", "value"), [(n, v) for n, v, ok in ENV_CASES if ok])
+def test_every_env_launch_accepts_the_os_accepts(name: str, value: str) -> None:
+    """No accepted env fails later, in a spawn (a value with a lone surrogate did)."""
+    code = "import os, sys; sys.exit(os.environ[sys.argv[1]] != sys.argv[2])"
+    spec = ProcessSpec("m:f", name="a", env={name: value})
+    result = subprocess.run([sys.executable, "-c", code, name, value], env={**spec.env})
+    assert result.returncode == 0
+
+
+def test_one_uniqueness_rule_for_children_and_stages() -> None:
+    a = ProcessSpec("m:f", name="a")
+    with pytest.raises(ValueError, match=r"^group 'g': duplicate child name 'a'$"):
+        launch.open_group([a, a], name="g")
+    with pytest.raises(ValueError, match=r"^stage 's': duplicate child name 'a'$"):
+        launch.StageSpec("s", [a, a])
+    stage = launch.StageSpec("s", [a])
+    with pytest.raises(ValueError, match=r"^pipeline 'p': duplicate stage name 's'$"):
+        launch.PipelineSpec([stage, stage], name="p")
+    with pytest.raises(ValueError, match=r"^stage 's': pass a list of ProcessSpec, not a single"):
+        launch.StageSpec("s", a)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^pipeline 'p': pass a list of StageSpec, not a single"):
+        launch.PipelineSpec(stage, name="p")  # type: ignore[arg-type]

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
 from .._pipeline_spec import PipelineSpec
-from ..bench._cli import add_bench_parser, run_bench_command
+from ..bench._cli import add_bench_parser, out_problem, run_bench_command
 
 EPILOG = """\
 exit codes: 0 stopped on request (Ctrl-C, SIGTERM) or demo done; 2 bad arguments or
@@ -98,8 +100,8 @@ def _err(message: str) -> None:
 def output_problems(args: argparse.Namespace) -> list[str]:
     """What is wrong with the output files ``args`` asks for, checked before anything
     starts (a chart format or a directory found missing after a long run is too late)."""
-    from .._gantt import chart_problem
-    from .._trace import output_problem
+    from .._timeline.files import output_problem
+    from .._timeline.gantt import chart_problem
 
     problems = []
     trace = getattr(args, "trace", None)
@@ -111,13 +113,28 @@ def output_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def _check(file: Path) -> int:
-    from .._config import ConfigError, load_pipeline, missing_targets
+def _bench_problems(args: argparse.Namespace) -> list[str]:
+    return output_problems(args) + out_problem(args)
+
+
+def _load(file: Path) -> PipelineSpec | None:
+    """The pipeline file's spec, or None once its ConfigError is printed."""
+    from .._config import ConfigError, load_pipeline
 
     try:
-        spec = load_pipeline(file)
+        return load_pipeline(file)
     except ConfigError as exc:
         _err(str(exc))
+        return None
+
+
+def _check(args: argparse.Namespace, argv: list[str]) -> int:
+    """``launch check FILE``: validate, find the targets' modules, print the stages."""
+    from .._config import missing_targets
+
+    file = args.file
+    spec = _load(file)
+    if spec is None:
         return 2
     problems = missing_targets(spec)
     for problem in problems:
@@ -134,6 +151,40 @@ def _check(file: Path) -> int:
             f"({'/'.join(methods)}), devices {devices}{after}"
         )
     return 0
+
+
+def _up(args: argparse.Namespace, argv: list[str]) -> int:
+    """``launch up FILE``: start the pipeline, stay up until a signal, stop it."""
+    spec = _load(args.file)
+    if spec is None:
+        return 2
+    if spec.uses_forkserver:
+        from .._start.forkserver import prewarm
+
+        prewarm(spec.preload)  # at once: the server imports while the rest starts up
+    return _run(spec, args, stay_up=True)
+
+
+def _demo(args: argparse.Namespace, argv: list[str]) -> int:
+    """``launch demo``: start the embedded three-stage pipeline, show its startup, stop."""
+    from .demo import INSTALL_TORCH, demo_pipeline, torch_available
+
+    use_torch = not args.no_torch and torch_available()
+    if not use_torch and not args.no_torch:
+        _err(f"torch is not installed, so the demo runs its pure-Python worker; {INSTALL_TORCH}")
+    print(
+        "demo: thinker (2 ranks) + talker (1) + vocoder (1), "
+        + ("torch.distributed gloo groups" if use_torch else "pure-Python TCP groups")
+        + f", start method {args.start_method}",
+        flush=True,
+    )
+    if args.start_method == "forkserver":
+        from .._start.forkserver import prewarm
+
+        # the server imports the worker (and torch) once; each child is a fork of it
+        prewarm(["launch.integrations.torch", "torch"] if use_torch else ["launch._cli.demo"])
+    spec = demo_pipeline(use_torch=use_torch, start_method=args.start_method)
+    return _run(spec, args, stay_up=False)
 
 
 def _run(spec: PipelineSpec, args: argparse.Namespace, *, stay_up: bool) -> int:
@@ -161,7 +212,8 @@ def _run(spec: PipelineSpec, args: argparse.Namespace, *, stay_up: bool) -> int:
     return code
 
 
-def _trace(args: argparse.Namespace) -> int:
+def _trace(args: argparse.Namespace, argv: list[str]) -> int:
+    """``launch trace FILE --timeline OUT``: chart a saved trace."""
     from .._timeline import Timeline
 
     try:
@@ -176,68 +228,63 @@ def _trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``launch`` and ``python -m launch``."""
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["vllm"]:
-        from ..integrations.vllm_serve import main as vllm_main
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: what to check before anything starts, and what runs it.
 
-        return vllm_main(argv[1:])
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    # Targets in the current directory import as they would under `python -m`, and so
-    # do targets next to the pipeline file; children inherit this sys.path.
+    Attributes:
+        run: the handler, given the parsed arguments and the raw argv; returns the
+            exit code.
+        problems: what is wrong with its output files (printed, exit code 2).
+    """
+
+    run: Callable[[argparse.Namespace, list[str]], int]
+    problems: Callable[[argparse.Namespace], list[str]] = output_problems
+
+
+COMMANDS: dict[str, Command] = {
+    "up": Command(_up),
+    "check": Command(_check),
+    "trace": Command(_trace),
+    "demo": Command(_demo),
+    "bench": Command(run_bench_command, _bench_problems),
+}
+
+
+def _add_search_path(args: argparse.Namespace) -> None:
+    """Targets in the current directory import as they would under ``python -m``, and
+    so do targets next to the pipeline file; children inherit this ``sys.path``."""
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     file = getattr(args, "file", None)
     if file is not None and str(file.resolve().parent) not in sys.path:
         sys.path.append(str(file.resolve().parent))
-    problems = output_problems(args)
-    if args.command == "bench":
-        from ..bench._cli import out_problem
 
-        problems += out_problem(args)
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``launch`` and ``python -m launch``.
+
+    Args:
+        argv: the arguments, without the program name; ``sys.argv[1:]`` if None.
+
+    Returns:
+        The exit code (see the module's docstring).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["vllm"]:  # vLLM's own parser reads the rest of the line
+        from ..integrations.vllm_serve import main as vllm_main
+
+        return vllm_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    command = COMMANDS[args.command]
+    _add_search_path(args)
+    problems = command.problems(args)
     for problem in problems:
         _err(problem)
     if problems:
         return 2
-    if args.command == "check":
-        return _check(args.file)
-    if args.command == "trace":
-        return _trace(args)
-    if args.command == "bench":
-        return run_bench_command(args, argv)
-    if args.command == "up":
-        from .._config import ConfigError, load_pipeline
-
-        try:
-            spec = load_pipeline(args.file)
-        except ConfigError as exc:
-            _err(str(exc))
-            return 2
-        if spec.uses_forkserver:
-            from .._start.forkserver import prewarm
-
-            prewarm(spec.preload)  # at once: the server imports while the rest starts up
-        return _run(spec, args, stay_up=True)
-    from .demo import INSTALL_TORCH, demo_pipeline, torch_available
-
-    use_torch = not args.no_torch and torch_available()
-    if not use_torch and not args.no_torch:
-        _err(f"torch is not installed, so the demo runs its pure-Python worker; {INSTALL_TORCH}")
-    print(
-        "demo: thinker (2 ranks) + talker (1) + vocoder (1), "
-        + ("torch.distributed gloo groups" if use_torch else "pure-Python TCP groups")
-        + f", start method {args.start_method}",
-        flush=True,
-    )
-    if args.start_method == "forkserver":
-        from .._start.forkserver import prewarm
-
-        # the server imports the worker (and torch) once; each child is a fork of it
-        prewarm(["launch.integrations.torch", "torch"] if use_torch else ["launch._cli.demo"])
-    spec = demo_pipeline(use_torch=use_torch, start_method=args.start_method)
-    return _run(spec, args, stay_up=False)
+    return command.run(args, argv)

@@ -51,10 +51,19 @@ def process_state(pid: int) -> str:
 
 
 class ProcessHandle:
-    """Common surface of a started child process."""
+    """Common surface of a started child process.
+
+    Attributes:
+        pid (int): The child's process id (on its own host).
+        returncode (int | None): Its exit code once reaped (negative: signal).
+        exit_unknown (str | None): Why the exit code is None although the child has
+            exited (its forkserver died, contact with its node was lost), naming where;
+            None otherwise.
+    """
 
     pid: int
     returncode: int | None = None
+    exit_unknown: str | None = None
 
     async def wait_exited(self) -> None:
         raise NotImplementedError

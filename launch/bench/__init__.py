@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ._config import MODELS, BenchConfig
     from ._results import BenchResult
     from ._run import run_bench
-    from ._strategies import BASELINES, LAUNCH_STRATEGIES, STRATEGIES
+    from ._strategies import BASELINES, LAUNCH_STRATEGIES, PEERS, STRATEGIES
 
 _LAZY = {
     "MODELS": "._config",
@@ -26,6 +26,7 @@ _LAZY = {
     "run_bench": "._run",
     "BASELINES": "._strategies",
     "LAUNCH_STRATEGIES": "._strategies",
+    "PEERS": "._strategies",
     "STRATEGIES": "._strategies",
 }
 
@@ -43,6 +44,7 @@ __all__ = [
     "BASELINES",
     "LAUNCH_STRATEGIES",
     "MODELS",
+    "PEERS",
     "STRATEGIES",
     "BenchConfig",
     "BenchResult",

@@ -62,7 +62,9 @@ def add_bench_parser(commands: Any, epilog: str) -> None:
         default="synthetic",
         help="what each child does before READY (default: synthetic)",
     )
-    bench.add_argument("--quick", action="store_true", help="a small run, under a minute")
+    bench.add_argument(
+        "--quick", action="store_true", help="a small run (under a minute without the peers)"
+    )
     bench.add_argument("--n", type=_ints, metavar="1,2,4", help="numbers of children")
     bench.add_argument(
         "--strategies", type=_names, metavar="A,B", help="strategies to run (default: all)"

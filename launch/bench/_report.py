@@ -11,7 +11,7 @@ from typing import Any
 from ._config import format_size
 from ._results import BenchResult, StartupCell
 from ._run import Progress
-from ._strategies import BASELINES, LAUNCH_STRATEGIES
+from ._strategies import BASELINES, LAUNCH_STRATEGIES, PEERS
 
 REFERENCE = "launch-trio"
 GOAL_SINGLE = 1.15
@@ -267,6 +267,15 @@ def claims(result: BenchResult) -> list[str]:
                     f"{REFERENCE} at N={n}: {launch.median:.2f}s, best baseline {name} "
                     f"{best:.2f}s: {'ahead of every baseline' if ahead else 'NOT ahead'}{where}"
                 )
+        peers = [
+            f"{name} {cell.median:.2f}s"
+            for name in PEERS
+            if (cell := result.cell(name, n, payload)) is not None and cell.median is not None
+        ]
+        if launch and launch.median is not None and peers:
+            lines.append(
+                f"{REFERENCE} at N={n}: {launch.median:.2f}s; the peers: {', '.join(peers)}{where}"
+            )
         fork = result.cell("launch-forkserver", n, payload)
         if config["model"] == "synthetic" and fork and fork.median is not None:
             ratio = fork.median / config["init_s"] if config["init_s"] else None
@@ -334,6 +343,9 @@ def print_report(result: BenchResult, plain: bool) -> None:
     warm = result.forkserver_warm_s
     if warm is not None:
         print(f"launch's forkserver warmed (preload imported) in {warm:.2f}s, before the clock")
+    if result.ray_init_s is not None:
+        init_s = result.ray_init_s
+        print(f"ray init (the local cluster, once per run) took {init_s:.2f}s, before the clock")
     for line in claims(result):
         print(line)
     took = duration(result.wall_s)
@@ -389,7 +401,7 @@ def write_plot(result: BenchResult, path: Path) -> Path:
             ys = [c.median for _, c in points]
             low = [c.median - c.spread[0] for _, c in points]  # type: ignore[index,operator]
             high = [c.spread[1] - c.median for _, c in points]  # type: ignore[index,operator]
-            style = "-" if strategy in LAUNCH_STRATEGIES else "--"
+            style = "-" if strategy in LAUNCH_STRATEGIES else ":" if strategy in PEERS else "--"
             ax.errorbar(xs, ys, yerr=[low, high], fmt=style + "o", ms=4, capsize=3, label=strategy)
         if result.config["model"] == "synthetic":
             ax.axhline(result.config["init_s"], color="grey", ls=":", lw=1, label="init alone")

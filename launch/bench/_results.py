@@ -73,6 +73,7 @@ class BenchResult:
     teardown: list[TeardownCell] = field(default_factory=list)
     accelerators: list[StartupCell] = field(default_factory=list)  # strategy "trial: variant"
     forkserver_warm_s: float | None = None
+    ray_init_s: float | None = None  # ray.init for the Ray peer, once, outside every clock
     wall_s: float = 0.0
     interrupted: bool = False  # stopped early (Ctrl-C): cells with no run were not reached
 
@@ -128,6 +129,7 @@ class BenchResult:
                 for c in data.get("accelerators", [])
             ],
             forkserver_warm_s=data.get("forkserver_warm_s"),
+            ray_init_s=data.get("ray_init_s"),
             wall_s=data.get("wall_s", 0.0),
             interrupted=data.get("interrupted", False),
         )

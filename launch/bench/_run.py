@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -24,7 +25,7 @@ from ._accelerators import (
 from ._config import BenchConfig, format_size, visible_gpus
 from ._heavy import fresh_module, heavy_modules, make_config, module_name
 from ._results import BenchResult, StartupCell, TeardownCell
-from ._strategies import STRATEGIES, ChildPlan
+from ._strategies import PEERS, STRATEGIES, ChildPlan, missing_tool
 from ._teardown import TEARDOWN_POLICIES
 
 
@@ -93,7 +94,13 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "gpus_visible": visible_gpus(),
     }
-    distributions = {"launch": "launch-tree", "anyio": "anyio", "trio": "trio", "torch": "torch"}
+    distributions = {
+        "launch": "launch-tree",
+        "anyio": "anyio",
+        "trio": "trio",
+        "torch": "torch",
+        "ray": "ray",
+    }
     for key, distribution in distributions.items():
         try:
             facts[key] = importlib.metadata.version(distribution)
@@ -123,10 +130,52 @@ DEADLOCK = (
 
 
 def skip_reason(config: BenchConfig, strategy: str, n: int) -> str | None:
-    """Why a cell is not run, if it is not."""
+    """Why a cell is not run, if it is not: ``locked`` with a collective model, or a peer
+    whose tool (ray, torch) is not installed."""
     if strategy == "locked" and config.model != "synthetic" and n > 1:
         return DEADLOCK
-    return None
+    return missing_tool(strategy)
+
+
+def teardown_policies(config: BenchConfig) -> list[str]:
+    """The teardown policies this run measures: launch's and vLLM's always, a peer's when
+    that peer is among the strategies; none when ``teardown_n`` is 0."""
+    if config.teardown_n <= 0:
+        return []
+    chosen = config.chosen
+    return [p for p in TEARDOWN_POLICIES if p not in PEERS or p in chosen]
+
+
+@contextlib.contextmanager
+def ray_for(
+    config: BenchConfig,
+    ns: tuple[int, ...],
+    teardown: list[str],
+    progress: Progress,
+    result: BenchResult,
+    skipped: dict[str, str],
+) -> Iterator[None]:
+    """Ray started once for the run (``ray.init``, outside every clock; its seconds go to
+    ``result.ray_init_s``) when a Ray trial is to run; if it cannot start, the Ray cells
+    are skipped with the reason (in ``skipped``)."""
+    name = "ray-actors"
+    wanted = name in config.chosen or name in teardown
+    if not wanted or missing_tool(name) is not None:
+        yield
+        return
+    from ._peers_ray import ray_cluster
+
+    cpus = max(
+        [*(ns if name in config.chosen else ()), config.teardown_n if name in teardown else 0]
+    )
+    gpus = visible_gpus() if config.model == "gpu" else 0
+    progress.step(f"starting ray (ray.init, {cpus} CPUs)")
+    with contextlib.ExitStack() as stack:
+        try:
+            result.ray_init_s = stack.enter_context(ray_cluster(cpus, gpus))
+        except Exception as exc:
+            skipped[name] = "skipped: ray did not start: " + _first_line(exc)
+        yield
 
 
 def focus(config: BenchConfig, ns: tuple[int, ...]) -> int:
@@ -210,7 +259,8 @@ def run_bench(
     ns = checked_ns(config)
     strategies = config.chosen
     series = config.series
-    teardown = [p for p in TEARDOWN_POLICIES if config.teardown_n > 0]
+    teardown = teardown_policies(config)
+    skipped: dict[str, str] = {}  # strategy -> why its cells are not run
     if result is None:
         result = BenchResult(config={}, machine={})
     result.config = {**asdict(config), "ns": list(ns), "strategies": list(strategies)}
@@ -227,7 +277,7 @@ def run_bench(
     tcells = {policy: TeardownCell(policy, config.teardown_n) for policy in teardown}
     result.teardown = list(tcells.values())
     try:
-        with heavy_modules() as scratch:
+        with heavy_modules() as scratch, ray_for(config, ns, teardown, progress, result, skipped):
             if "launch-forkserver" in strategies:
                 from .._start.forkserver import FORKSERVER, prewarm
 
@@ -246,7 +296,7 @@ def run_bench(
                         for strategy in strategies:
                             cell = cells[strategy, n, payload]
                             label = _label(strategy, n, payload)
-                            reason = skip_reason(config, strategy, n)
+                            reason = skipped.get(strategy) or skip_reason(config, strategy, n)
                             if reason is not None:
                                 if not cell.errors:
                                     cell.errors.append(reason)
@@ -271,6 +321,12 @@ def run_bench(
                 for policy in teardown:
                     tcell = tcells[policy]
                     label = f"teardown {policy} N={config.teardown_n}"
+                    reason = skipped.get(policy) or missing_tool(policy)
+                    if reason is not None:
+                        if not tcell.errors:
+                            tcell.errors.append(reason)
+                        progress.done(label, reason)
+                        continue
                     plans = partial(plans_for, synthetic, config.teardown_n, small, scratch)
                     stop = TEARDOWN_POLICIES[policy]
                     trun = _attempt(

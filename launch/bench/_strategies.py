@@ -1,13 +1,16 @@
-"""The strategies: today's ways of starting engine processes, and launch's.
+"""The strategies: today's ways of starting engine processes, the tools a user would
+pick instead (Ray, torch elastic), and launch's.
 
 Baselines use ``multiprocessing`` (a spawn context, never the host's default) exactly
-as the engines do; every strategy starts the same children and is timed from its first
-start call to the moment every child has said READY.
+as the engines do; the peers are in ``_peers_ray`` and ``_peers_torch`` (their tools
+imported only when they run). Every strategy starts the same children and is timed from
+its first start call to the moment every child has said READY.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import multiprocessing
 import multiprocessing.connection
 import resource
@@ -269,15 +272,51 @@ def launch_forkserver(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
     return _launch(plans, timeout, "trio", "forkserver")
 
 
+def ray_actors(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
+    """Ray actors in a placement group, one ``{"CPU": 1}`` bundle each, created at once;
+    READY when every actor answered ``ready()`` (see ``_peers_ray``; needs a running Ray,
+    which ``run_bench`` starts once, outside the clock)."""
+    from ._peers_ray import ray_actors as run
+
+    return run(plans, timeout)
+
+
+def torchelastic(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
+    """torch elastic's ``start_processes`` (the layer under torchrun), one process per
+    child, its output redirected to files; READY over a Pipe (see ``_peers_torch``)."""
+    from ._peers_torch import torchelastic as run
+
+    return run(plans, timeout)
+
+
 Strategy = Callable[[Sequence[ChildPlan], float], StartupRun]
 STRATEGIES: dict[str, Strategy] = {
     "sequential": sequential,
     "locked": locked,
     "threadpool": threadpool,
     "gather": gather,
+    "ray-actors": ray_actors,
+    "torchelastic": torchelastic,
     "launch-trio": launch_trio,
     "launch-asyncio": launch_asyncio,
     "launch-forkserver": launch_forkserver,
 }
 BASELINES = ("sequential", "locked", "threadpool", "gather")
+PEERS = ("ray-actors", "torchelastic")  # the tools a user would pick instead
 LAUNCH_STRATEGIES = ("launch-trio", "launch-asyncio", "launch-forkserver")
+PEER_TOOLS = {"ray-actors": "ray", "torchelastic": "torch"}
+
+
+def missing_tool(strategy: str) -> str | None:
+    """Why a peer cannot run here (its tool is not installed), or None.
+
+    Args:
+        strategy: A strategy or teardown policy name.
+
+    Returns:
+        A ``"skipped: ..."`` reason for a peer whose tool is missing, else None.
+    """
+    tool = PEER_TOOLS.get(strategy)
+    if tool is None or importlib.util.find_spec(tool) is not None:
+        return None
+    return f"skipped: {tool} is not installed (pip install {tool})"

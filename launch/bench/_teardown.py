@@ -4,12 +4,12 @@ how long from that failure until every child is reaped.
 ``vllm-policy`` is vLLM's worker shutdown as the engines do it today: close the workers'
 death pipes, wait 5 s for them to exit, SIGTERM, wait 4 s, SIGKILL. A worker busy in its
 init does not read its death pipe, so it waits out the 5 s. launch SIGTERMs a child that
-is not READY at once.
+is not READY at once. ``ray-actors`` and ``torchelastic`` are the peers' own idioms
+(``_peers_ray``, ``_peers_torch``).
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -47,20 +47,34 @@ def teardown_plans(plans: Sequence[ChildPlan], scratch: Path) -> list[ChildPlan]
     return out
 
 
-def _alive(pid: int) -> bool:
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited. A zombie has: it waits only for its parent to
+    reap it, and a Ray worker's parent is Ray's raylet, not the bench."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
         return True
-    return True
+    except OSError:
+        return False
 
 
-def _collect(scratch: Path, noticed: float, reaped: float) -> TeardownRun:
+def child_pids(scratch: Path) -> list[int]:
+    """The pids the children of a teardown trial have written into ``scratch`` so far."""
+    pids = []
+    for path in scratch.glob("*.pid"):
+        text = path.read_text().strip()
+        if text:  # empty: the child is writing it right now
+            pids.append(int(text))
+    return pids
+
+
+def collect(scratch: Path, noticed: float, reaped: float) -> TeardownRun:
+    """The trial's figures: ``noticed`` and ``reaped`` (``time.monotonic()`` readings of
+    the parent) from the failing child's stamp, and how many children are still alive."""
     failed_at = float((scratch / "failed_at").read_text())
-    pids = [int(p.read_text()) for p in scratch.glob("*.pid")]
-    return TeardownRun(noticed - failed_at, reaped - failed_at, sum(map(_alive, pids)))
+    alive = sum(not gone(pid) for pid in child_pids(scratch))
+    return TeardownRun(noticed - failed_at, reaped - failed_at, alive)
 
 
 def _wait_exit(children: Sequence[MpChild], timeout: float) -> bool:
@@ -100,7 +114,7 @@ def vllm_policy(plans: Sequence[ChildPlan], timeout: float) -> TeardownRun:
                 if child.process.exitcode is None and child.process.pid is not None:
                     child.process.kill()
                     child.process.join()
-        return _collect(Path(tmp), noticed, reaped)
+        return collect(Path(tmp), noticed, reaped)
 
 
 def _launch_policy(plans: Sequence[ChildPlan], timeout: float, backend: str) -> TeardownRun:
@@ -124,7 +138,7 @@ def _launch_policy(plans: Sequence[ChildPlan], timeout: float, backend: str) -> 
 
         noticed: float = anyio.run(main, backend=backend)
         reaped = time.monotonic()
-        return _collect(Path(tmp), noticed, reaped)
+        return collect(Path(tmp), noticed, reaped)
 
 
 def launch_trio(plans: Sequence[ChildPlan], timeout: float) -> TeardownRun:
@@ -137,8 +151,26 @@ def launch_asyncio(plans: Sequence[ChildPlan], timeout: float) -> TeardownRun:
     return _launch_policy(plans, timeout, "asyncio")
 
 
+def ray_actors(plans: Sequence[ChildPlan], timeout: float) -> TeardownRun:
+    """Ray's idiom: the user's ``ray.get`` raises, then ``ray.kill`` every actor and remove
+    the placement group (see ``_peers_ray``; needs a running Ray)."""
+    from ._peers_ray import ray_teardown
+
+    return ray_teardown(plans, timeout)
+
+
+def torchelastic(plans: Sequence[ChildPlan], timeout: float) -> TeardownRun:
+    """torch elastic's idiom: ``pcontext.wait()`` returns a failure, then
+    ``pcontext.close()`` (see ``_peers_torch``)."""
+    from ._peers_torch import elastic_teardown
+
+    return elastic_teardown(plans, timeout)
+
+
 TEARDOWN_POLICIES: dict[str, Callable[[Sequence[ChildPlan], float], TeardownRun]] = {
     "launch-trio": launch_trio,
     "launch-asyncio": launch_asyncio,
     "vllm-policy": vllm_policy,
+    "ray-actors": ray_actors,
+    "torchelastic": torchelastic,
 }

@@ -34,10 +34,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from .._errors import LaunchFailed
-from .._pipeline import Pipeline, open_pipeline
-from .._pipeline_spec import PipelineSpec
-from .._serve import serve_until_stopped
+from .. import LaunchFailed, Pipeline, PipelineSpec, open_pipeline
+from ..hooks import serve_until_stopped, stop_forkserver
 
 logger = logging.getLogger("launch")
 
@@ -109,9 +107,7 @@ class PipelineService:
 def _exit_now(code: int) -> None:
     """End the process with ``code`` after a graceful server shutdown: the servers exit
     0 after SIGTERM and swallow errors raised from a lifespan's shutdown."""
-    from .._start.forkserver import FORKSERVER
-
-    FORKSERVER.stop()
+    stop_forkserver()
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()

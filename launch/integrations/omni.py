@@ -1,24 +1,28 @@
 """vLLM-Omni stage configs started as a launch pipeline.
 
-vLLM-Omni splits a model into stages (``stage_args`` in its stage-config YAML: a thinker,
-a talker, a vocoder...), each an engine of its own on its own devices. Here every stage
-replica becomes a stage of a launch pipeline tree::
+vLLM-Omni splits a model into stages (a thinker, a talker, a vocoder...), each an engine
+of its own on its own devices. Here every stage replica becomes a stage of a launch
+pipeline tree::
 
     spec = omni_pipeline("qwen2_5_omni.yaml", model="/models/qwen2.5-omni")
     async with launch.open_pipeline(spec) as running:
         running["thinker"]["thinker"].payload["address"]
 
-- each replica's devices (``runtime.devices``, split evenly over ``runtime.replicas``;
-  or a deploy profile's ``devices`` and ``num_replicas``) are its device locks and its
-  ``CUDA_VISIBLE_DEVICES``, set inside the child;
+- the config is read as vLLM-Omni reads it (both generations: deploy profiles with their
+  ``base_config`` overlays and ``platforms:`` overrides, and legacy ``stage_args``
+  files; see docs/omni.md), and what launch cannot run is refused with a
+  :class:`launch.ConfigError` naming the file, the stage and the key;
+- each replica's devices (split over ``num_replicas`` as vLLM-Omni splits them) are its
+  device locks and its ``CUDA_VISIBLE_DEVICES``, set inside the child;
 - stages start concurrently: two stages that share a device serialize on its lock (so
   vLLM's memory profiling sees the device alone), the others overlap; only launch's
   narrow lock covers each spawn;
 - the first stage that fails tears the whole tree down, with its own traceback.
 
-``engine_input_source`` is the data flow between stages, not a startup order: it is kept
+The input sources (``engine_input_source``, ``input_connectors``, the topology's
+``input_sources``) are the data flow between stages, not a startup order: they are kept
 on :class:`OmniStage` for the stage runtime. The default stage target,
-:func:`engine_stage`, runs the stage's ``engine_args`` as a vLLM ``LLM`` and answers
+:func:`engine_stage`, runs an LLM stage's ``engine_args`` as a vLLM ``LLM`` and answers
 token requests on a ZMQ socket (:func:`ask_stage`); pass ``target=`` to run vLLM-Omni's
 own stage worker (any ``module:qualname`` taking ``stage`` and ``model``).
 """
@@ -26,150 +30,138 @@ own stage worker (any ``module:qualname`` taking ``stage`` and ``model``).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
-import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._pipeline_spec import PipelineSpec, StageSpec
-from .._spec import ProcessSpec, ShutdownPolicy, StartMethod
+from .. import ConfigError, PipelineSpec, ProcessSpec, ShutdownPolicy, StageSpec, StartMethod
+from ._omni_config import StageId, deploy_pipeline, omni_topology, read_omni_config
+
+__all__ = [
+    "ENGINE_STAGE_TARGET",
+    "OmniStage",
+    "ask_stage",
+    "engine_stage",
+    "omni_pipeline",
+    "omni_stages",
+    "omni_topology",
+]
 
 ENGINE_STAGE_TARGET = "launch.integrations.omni:engine_stage"
 
 
 @dataclass(frozen=True)
 class OmniStage:
-    """One replica of one vLLM-Omni stage, as the stage's child receives it."""
+    """One replica of one vLLM-Omni stage, as the stage's child receives it (as a dict).
 
-    stage_id: int
+    Attributes:
+        stage_id: The stage's id as the file gives it (an int, or a string).
+        name: The stage's ``model_stage`` (else ``stage-<id>``), with ``-r<replica>``
+            when the stage has more than one replica; the launch stage's name.
+        replica: This replica's index, from 0.
+        devices: This replica's devices (indexes into the visible devices), or ``()``.
+        engine_args: The stage's engine options, merged as vLLM-Omni merges them.
+        input_sources: The ids of the stages this one reads from.
+        config: The stage's whole entry in the file (after ``base_config``).
+        stage_type: ``"llm"`` or ``"diffusion"``; None where neither the file nor the
+            topology says.
+        model_stage: The stage's ``model_stage``, or None.
+        model_arch: The stage's ``model_arch``, or None.
+        engine_output_type: The stage's ``engine_output_type``, or None.
+        hf_config_name: The stage's ``hf_config_name``, or None.
+    """
+
+    stage_id: int | str
     name: str
     replica: int
     devices: tuple[str, ...]
     engine_args: Mapping[str, Any]
-    input_sources: tuple[int, ...]
+    input_sources: tuple[int | str, ...]
     config: Mapping[str, Any]
-    """The stage's whole entry in ``stage_args``."""
+    stage_type: str | None = None
+    model_stage: str | None = None
+    model_arch: str | None = None
+    engine_output_type: str | None = None
+    hf_config_name: str | None = None
 
 
-def _load(config: str | Path | Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
-    if isinstance(config, Mapping):
-        return config, "stage config"
-    path = Path(config)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read the stage config ({exc.strerror})") from None
-    if path.suffix == ".toml":
-        return tomllib.loads(text), str(path)
-    import yaml  # vLLM-Omni's format; PyYAML comes with vllm
-
-    loaded = yaml.safe_load(text)
-    if not isinstance(loaded, Mapping):
-        raise ValueError(f"{path}: a stage config is a mapping with a 'stage_args' list")
-    return loaded, str(path)
-
-
-def _devices(value: Any, where: str) -> tuple[str, ...]:
-    if value is None or value == "":
-        return ()
-    if isinstance(value, int):
-        return (str(value),)
-    if isinstance(value, str):
-        parts = tuple(part.strip() for part in value.split(","))
-    elif isinstance(value, Sequence):
-        parts = tuple(str(part).strip() for part in value)
-    else:
-        raise ValueError(f'{where}: runtime.devices must be like "0,1", got {value!r}')
-    if any(not part for part in parts):
-        raise ValueError(f"{where}: runtime.devices {value!r} has an empty entry")
-    return parts
-
-
-def omni_stages(config: str | Path | Mapping[str, Any]) -> list[OmniStage]:
-    """Every stage replica of a vLLM-Omni stage config (a path to its YAML or TOML, or
-    the mapping), in order. Reads ``stage_args`` (devices and replicas under
-    ``runtime``) or a deploy profile's ``stages`` (``devices`` and ``num_replicas`` on
-    the stage).
+def omni_stages(
+    config: str | Path | Mapping[str, Any],
+    *,
+    platform: str = "cuda",
+    topology: Mapping[StageId, Mapping[str, Any]] | None = None,
+    stage_types: Collection[str] | None = None,
+) -> list[OmniStage]:
+    """Every stage replica of a vLLM-Omni config, in order: a deploy profile
+    (``stages:``, with its ``base_config`` chain and ``platforms:`` overrides) or a
+    legacy stage config (``stage_args:``).
 
     Args:
-        config: the stage config: a path to its YAML or TOML file, or the mapping.
+        config: A path to the YAML (PyYAML needed) or TOML file, or the mapping.
+        platform: Whose ``platforms:`` overrides apply (vLLM-Omni's device name:
+            ``cuda``, ``rocm``, ``npu``, ``xpu``...).
+        topology: A deploy profile's stages as vLLM-Omni's pipeline registry gives
+            them (stage id -> ``model_stage``, ``stage_type`` or ``execution_type``,
+            ``input_sources``...): a deploy profile does not name its stages or say
+            their types. None: :func:`omni_topology` of the profile's ``pipeline:``
+            where vLLM-Omni is installed and importable, else none.
+        stage_types: The stage types the caller can run (``"llm"``, ``"diffusion"``);
+            a stage of another type, or of a type the config does not give, is
+            refused. None: any.
 
     Returns:
         One :class:`OmniStage` per stage replica, in the config's order.
 
     Raises:
-        ValueError: anything malformed, naming the file, the stage and the key.
+        ConfigError: The file cannot be read, breaks vLLM-Omni's schema, names a
+            pipeline vLLM-Omni does not have, or has a stage of a type not in
+            ``stage_types``; the message names the file, the stage and the key.
     """
-    data, source = _load(config)
-    if "base_config" in data:
-        raise ValueError(
-            f"{source}: base_config ({data['base_config']!r}) overlays another file; "
-            "pass the merged stage config"
+    if topology is None:
+        topology = _installed_topology(config)
+    read = read_omni_config(config, platform=platform, topology=topology, stage_types=stage_types)
+    return [
+        OmniStage(
+            stage_id=s.stage_id,
+            name=s.name if s.replicas == 1 else f"{s.name}-r{r}",
+            replica=r,
+            devices=s.devices[r] if s.devices else (),
+            engine_args=s.engine_args,
+            input_sources=s.input_sources,
+            config=s.config,
+            stage_type=s.stage_type,
+            model_stage=s.model_stage,
+            model_arch=s.model_arch,
+            engine_output_type=s.engine_output_type,
+            hf_config_name=s.hf_config_name,
         )
-    key = "stage_args" if "stage_args" in data or "stages" not in data else "stages"
-    entries = data.get(key)
-    if not isinstance(entries, Sequence) or isinstance(entries, str) or not entries:
-        raise ValueError(f"{source}: '{key}' must be a non-empty list of stages")
-    ids: dict[int, str] = {}
-    parsed: list[tuple[int, str, Mapping[str, Any], tuple[int, ...], int, tuple[str, ...]]] = []
-    for index, entry in enumerate(entries):
-        where = f"{source}: {key}[{index}]"
-        if not isinstance(entry, Mapping) or "stage_id" not in entry:
-            raise ValueError(f"{where}: each stage needs a 'stage_id'")
-        stage_id = entry["stage_id"]
-        if not isinstance(stage_id, int) or isinstance(stage_id, bool):
-            raise ValueError(f"{where}: stage_id must be an integer, got {stage_id!r}")
-        if stage_id in ids:
-            raise ValueError(f"{where}: stage_id {stage_id} is used twice")
-        engine_args = entry.get("engine_args") or {}
-        if not isinstance(engine_args, Mapping):
-            raise ValueError(f"{where}: engine_args must be a mapping")
-        name = str(engine_args.get("model_stage") or f"stage-{stage_id}")
-        if name in ids.values():
-            name = f"{name}-{stage_id}"
-        ids[stage_id] = name
-        runtime = entry.get("runtime") or {}
-        if not isinstance(runtime, Mapping):
-            raise ValueError(f"{where}: runtime must be a mapping")
-        devices = _devices(runtime.get("devices", entry.get("devices")), where)
-        replicas = runtime.get(
-            "replicas", runtime.get("num_replicas", entry.get("num_replicas", 1))
-        )
-        if not isinstance(replicas, int) or replicas < 1:
-            raise ValueError(f"{where}: runtime.replicas must be a positive integer")
-        if replicas > 1 and devices and len(devices) % replicas:
-            raise ValueError(
-                f"{where}: runtime.devices {','.join(devices)} cannot be split evenly over "
-                f"{replicas} replicas"
-            )
-        sources = entry.get("engine_input_source") or []
-        if not isinstance(sources, Sequence) or isinstance(sources, str):
-            raise ValueError(f"{where}: engine_input_source must be a list of stage ids")
-        parsed.append((stage_id, name, entry, tuple(sources), replicas, devices))
-    stages = []
-    for stage_id, name, entry, sources, replicas, devices in parsed:
-        unknown = [s for s in sources if s not in ids]
-        if unknown:
-            raise ValueError(
-                f"{source}: stage {stage_id} ({name}): engine_input_source names unknown "
-                f"stage id(s) {unknown}; known: {sorted(ids)}"
-            )
-        share = len(devices) // replicas if devices else 0
-        for replica in range(replicas):
-            stages.append(
-                OmniStage(
-                    stage_id=stage_id,
-                    name=name if replicas == 1 else f"{name}-r{replica}",
-                    replica=replica,
-                    devices=devices[replica * share : (replica + 1) * share] if share else devices,
-                    engine_args=dict(entry.get("engine_args") or {}),
-                    input_sources=sources,
-                    config=dict(entry),
-                )
-            )
-    return stages
+        for s in read.stages
+        for r in range(s.replicas)
+    ]
+
+
+def _installed_topology(
+    config: str | Path | Mapping[str, Any],
+) -> dict[StageId, dict[str, Any]] | None:
+    """The topology of a deploy profile's ``pipeline:`` from the installed vLLM-Omni;
+    None where there is no ``pipeline:`` or vLLM-Omni cannot be imported."""
+    if importlib.util.find_spec("vllm_omni") is None:  # locates, imports nothing
+        return None
+    pipeline = deploy_pipeline(config)
+    if pipeline is None:
+        return None
+    try:
+        return omni_topology(pipeline)
+    except ImportError:  # installed, but not importable next to this vLLM
+        return None
+    except KeyError:
+        source = Path("<mapping>") if isinstance(config, Mapping) else Path(config)
+        raise ConfigError(
+            source, f"the installed vLLM-Omni has no pipeline {pipeline!r}", key="pipeline"
+        ) from None
 
 
 def omni_pipeline(
@@ -184,6 +176,8 @@ def omni_pipeline(
     device_lock_timeout: float | None = 600.0,
     shutdown: ShutdownPolicy | None = None,
     env: Mapping[str, str] | None = None,
+    platform: str = "cuda",
+    topology: Mapping[StageId, Mapping[str, Any]] | None = None,
 ) -> PipelineSpec:
     """A launch :class:`PipelineSpec` with one stage per vLLM-Omni stage replica, each
     running ``target(stage=<OmniStage as a dict>, model=model)`` on its devices.
@@ -199,13 +193,22 @@ def omni_pipeline(
         device_lock_timeout: how long a stage waits for its devices' locks.
         shutdown: how stages are stopped.
         env: variables set in every stage's process.
+        platform: whose ``platforms:`` overrides of a deploy profile apply (see
+            :func:`omni_stages`).
+        topology: a deploy profile's stages as vLLM-Omni's pipeline registry gives them
+            (see :func:`omni_stages`); None: from the installed vLLM-Omni, if any.
 
     Returns:
         The pipeline spec, for :func:`launch.open_pipeline` or :func:`launch.start_pipeline`.
 
     Raises:
-        ValueError: the config is malformed (see :func:`omni_stages`).
+        ConfigError: the config is malformed (see :func:`omni_stages`), or, with the
+            default ``target``, a stage is not an LLM stage (a ``diffusion`` stage, or
+            a deploy profile's stage whose type no topology gives): :func:`engine_stage`
+            runs vLLM engines only.
     """
+    stage_types = ("llm",) if target == ENGINE_STAGE_TARGET else None
+    replicas = omni_stages(config, platform=platform, topology=topology, stage_types=stage_types)
     stages = [
         StageSpec(
             stage.name,
@@ -221,7 +224,7 @@ def omni_pipeline(
             ],
             devices=stage.devices,
         )
-        for stage in omni_stages(config)
+        for stage in replicas
     ]
     return PipelineSpec(
         stages,

@@ -16,8 +16,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from .. import phase, ready, wait_for_stop
-from .._spec import ProcessSpec, StartMethod
+from .. import ProcessSpec, StartMethod, phase, ready, wait_for_stop
 
 WORKER = "launch.integrations.torch:worker"
 
@@ -52,15 +51,9 @@ def join_process_group(
         RuntimeError: the all-reduce gave the wrong sum.
     """
     on_phase("import torch")
-    import torch
     import torch.distributed as dist
 
-    device = torch.device("cpu")
-    if backend == "nccl":
-        on_phase("cuda init")
-        index = rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        device = torch.device("cuda", index)
+    device = _bind_device(backend, rank, on_phase)
     on_phase("init_process_group")
     dist.init_process_group(
         backend,
@@ -70,18 +63,7 @@ def join_process_group(
         timeout=timedelta(seconds=timeout_s),
         device_id=device if backend == "nccl" else None,
     )
-    on_phase("barrier")
-    if backend == "nccl":
-        dist.barrier(device_ids=[device.index])
-    else:
-        dist.barrier()
-    on_phase("all_reduce")
-    value = torch.tensor([float(rank + 1)], device=device)
-    dist.all_reduce(value)
-    total = value.item()
-    expected = world_size * (world_size + 1) / 2
-    if total != expected:
-        raise RuntimeError(f"all_reduce gave {total}, expected {expected} (rank {rank})")
+    total = _check_collectives(device, rank, world_size, on_phase)
     return {
         "rank": rank,
         "world_size": world_size,
@@ -89,6 +71,40 @@ def join_process_group(
         "device": str(device),
         "all_reduce": total,
     }
+
+
+def _bind_device(backend: str, rank: int, on_phase: Callable[[str], None]) -> Any:
+    """The rank's torch device: with nccl, GPU ``rank % device_count`` (made current)."""
+    import torch
+
+    if backend != "nccl":
+        return torch.device("cpu")
+    on_phase("cuda init")
+    index = rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def _check_collectives(
+    device: Any, rank: int, world_size: int, on_phase: Callable[[str], None]
+) -> float:
+    """A barrier, then an all-reduce of ``rank + 1`` whose sum is checked; returns it."""
+    import torch
+    import torch.distributed as dist
+
+    on_phase("barrier")
+    if device.type == "cuda":
+        dist.barrier(device_ids=[device.index])
+    else:
+        dist.barrier()
+    on_phase("all_reduce")
+    value = torch.tensor([float(rank + 1)], device=device)
+    dist.all_reduce(value)
+    total: float = value.item()
+    expected = world_size * (world_size + 1) / 2
+    if total != expected:
+        raise RuntimeError(f"all_reduce gave {total}, expected {expected} (rank {rank})")
+    return total
 
 
 def worker(

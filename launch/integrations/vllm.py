@@ -55,11 +55,16 @@ from vllm.v1.executor.multiproc_executor import (
     set_multiprocessing_worker_envs,
 )
 
-from .._blocking import GroupHandle, start_group
-from .._child import Child
-from .._errors import LaunchFailed
-from .._spec import ProcessSpec, ShutdownPolicy, StartMethod
-from .._start.lock import LAUNCH_LOCK
+from .. import (
+    Child,
+    GroupHandle,
+    LaunchFailed,
+    ProcessSpec,
+    ShutdownPolicy,
+    StartMethod,
+    start_group,
+)
+from ..hooks import environ_lock
 
 if TYPE_CHECKING:
     from vllm.engine.arg_utils import EngineArgs
@@ -100,7 +105,7 @@ class LaunchedProcess:
 def _omp_env(manager: OMPProcessManager, rank: int, local_rank: int) -> dict[str, str]:
     """The per-rank OpenMP variables vLLM would set on ``os.environ`` around a spawn,
     read under the launch lock and handed to the child instead."""
-    with LAUNCH_LOCK:
+    with environ_lock():
         before = dict(os.environ)
         with manager.configure_omp_envs(rank=rank, local_rank=local_rank):
             after = dict(os.environ)
@@ -156,11 +161,37 @@ def _set_runtime_threads() -> None:
 class LaunchExecutor(MultiprocExecutor):  # type: ignore[misc]
     """vLLM's multiprocessing executor with its workers started and supervised by launch."""
 
+    # The helpers' names carry "_launch_": MultiprocExecutor's own private methods
+    # differ between vLLM versions, and none may be overridden by accident.
+
     def _init_executor(self) -> None:
         self.is_failed = False
         self.failure_callback = None
         self.shutting_down = False
         self._exit = ExitStack()
+        self._launch_check_layout()
+        _set_worker_envs(self.local_world_size)  # vLLM's own env policy
+        self.rpc_broadcast_mq = MessageQueue(
+            self.world_size,
+            self.local_world_size,
+            max_chunk_bytes=VLLM_MQ_MAX_CHUNK_BYTES_MB * 1024 * 1024,
+            connect_ip=network_utils.get_ip(),
+            **_mq_options(self.parallel_config),
+        )
+        self._group = self._launch_start_workers(self._launch_worker_specs())
+        self.workers = self._launch_worker_handles(self._group)
+        _set_runtime_threads()
+        self.response_mqs = [worker.worker_response_mq for worker in self.workers]
+        self.rpc_broadcast_mq.wait_until_ready()
+        for response_mq in self.response_mqs:
+            response_mq.wait_until_ready()
+        self.futures_queue: deque[Any] = deque()
+        self._post_init_executor()
+        self.output_rank = self._get_output_rank()
+
+    def _launch_check_layout(self) -> None:
+        """Refuse what this executor does not start: a world size that is not the
+        product of the parallel sizes, or workers on more than one node."""
         tp_size, pp_size, pcp_size = self._get_parallel_sizes()
         if self.world_size != tp_size * pp_size * pcp_size:
             raise ValueError(
@@ -170,20 +201,16 @@ class LaunchExecutor(MultiprocExecutor):  # type: ignore[misc]
             )
         if self.parallel_config.nnodes_within_dp != 1:
             raise NotImplementedError("LaunchExecutor starts the workers of one node")
-        _set_worker_envs(self.local_world_size)  # vLLM's own env policy
-        self.rpc_broadcast_mq = MessageQueue(
-            self.world_size,
-            self.local_world_size,
-            max_chunk_bytes=VLLM_MQ_MAX_CHUNK_BYTES_MB * 1024 * 1024,
-            connect_ip=network_utils.get_ip(),
-            **_mq_options(self.parallel_config),
-        )
+
+    def _launch_worker_specs(self) -> list[ProcessSpec]:
+        """One spec per local rank: vLLM's worker arguments (the broadcast queue's
+        handle among them) and the rank's OpenMP environment."""
         init_method = _distributed_init_method()
         handle = self.rpc_broadcast_mq.export_handle()
         omp = OMPProcessManager(self.vllm_config)
         method = _start_method()
         timeout = float(os.environ.get("LAUNCH_VLLM_READY_TIMEOUT", "600"))
-        specs = [
+        return [
             ProcessSpec(
                 WORKER_TARGET,
                 name=f"VllmWorker-{rank}",
@@ -201,6 +228,10 @@ class LaunchExecutor(MultiprocExecutor):  # type: ignore[misc]
             )
             for rank in range(self.local_world_size)
         ]
+
+    def _launch_start_workers(self, specs: list[ProcessSpec]) -> GroupHandle:
+        """Start the workers as one launch group, held until :meth:`shutdown`; returns
+        once every one is READY. The broadcast queue is shut down if they fail."""
         try:
             group: GroupHandle = self._exit.enter_context(
                 start_group(
@@ -213,8 +244,12 @@ class LaunchExecutor(MultiprocExecutor):  # type: ignore[misc]
         except BaseException:
             self.rpc_broadcast_mq.shutdown()
             raise
-        self._group = group
-        self.workers = [
+        return group
+
+    def _launch_worker_handles(self, group: GroupHandle) -> list[WorkerProcHandle]:
+        """vLLM's handle of each worker: its process, and its response queue (from the
+        READY payload)."""
+        return [
             WorkerProcHandle(
                 proc=LaunchedProcess(child),
                 rank=rank,
@@ -224,14 +259,6 @@ class LaunchExecutor(MultiprocExecutor):  # type: ignore[misc]
             )
             for rank, child in enumerate(group.children)
         ]
-        _set_runtime_threads()
-        self.response_mqs = [worker.worker_response_mq for worker in self.workers]
-        self.rpc_broadcast_mq.wait_until_ready()
-        for response_mq in self.response_mqs:
-            response_mq.wait_until_ready()
-        self.futures_queue: deque[Any] = deque()
-        self._post_init_executor()
-        self.output_rank = self._get_output_rank()
 
     def start_worker_monitor(self, inline: bool = False) -> None:
         """launch's death watch is the monitor (``_on_worker_died``): no thread here."""

@@ -48,9 +48,8 @@ from vllm.platforms import current_platform
 from vllm.utils.network_utils import get_open_zmq_ipc_path
 from vllm.v1.engine.utils import EngineHandshakeMetadata, EngineZmqAddresses
 
-from .._errors import sole_exception
-from .._group import Group, open_group
-from .._spec import ProcessSpec, ShutdownPolicy, StartMethod
+from .. import Group, ProcessSpec, ShutdownPolicy, StartMethod, open_group
+from ..hooks import sole_exception
 from .vllm import exit_after_stop, stop_with_sigterm
 
 ENGINE_TARGET = "launch.integrations.vllm_dp:engine_core"
@@ -219,48 +218,100 @@ async def open_engine_cores(
     from vllm.v1.executor import Executor
 
     _check(vllm_config)
-    parallel = vllm_config.parallel_config
-    dp_size = parallel.data_parallel_size
     executor = executor_class or Executor.get_class(vllm_config)
     if start_method is None:
-        from vllm.utils.system_utils import get_mp_context
-
-        start_method = get_mp_context().get_start_method()
+        start_method = _default_start_method()
     if addresses is None:
         addresses = engine_addresses(vllm_config, api_server_count)
-    specs: list[ProcessSpec] = []
-    if vllm_config.needs_dp_coordinator:
-        specs.append(
-            ProcessSpec(
-                COORDINATOR_TARGET,
-                name=COORDINATOR,
-                kwargs={
-                    "engine_count": dp_size,
-                    "front_publish_address": addresses.frontend_stats_publish_address,
-                    "back_output_address": addresses.coordinator_output,
-                    "back_publish_address": addresses.coordinator_input,
-                    "enable_wave_coordination": vllm_config.model_config.is_moe,
-                },
-                start_method=start_method,
-                ready_timeout=ready_timeout,
-            )
-        )
-    coord_store = None
-    if dp_size > 1 and hasattr(parallel, "_coord_store_port"):
-        # vLLM's DP engines pick their group's ports through this store at bind time
-        from vllm.distributed.utils import create_tcp_store
-
-        coord_store = create_tcp_store(
-            parallel.data_parallel_master_ip, 0, is_master=True, world_size=-1,
-            wait_for_workers=False,
-        )  # fmt: skip
-        parallel = copy.copy(parallel)
-        parallel._coord_store_port = coord_store.port
+    specs = _coordinator_specs(vllm_config, addresses, start_method, ready_timeout)
+    # a local of this frame: the store serves the engines' port picks while they run
+    coord_store, parallel = _coord_store(vllm_config.parallel_config)
     handshake_address = get_open_zmq_ipc_path()
-    for rank in range(dp_size):
+    specs += _engine_specs(
+        vllm_config,
+        parallel,
+        handshake_address,
+        coord_store_port=None if coord_store is None else coord_store.port,
+        executor_class=executor,
+        log_stats=log_stats,
+        start_method=start_method,
+        ready_timeout=ready_timeout,
+    )
+    handshake = _Handshake(handshake_address, addresses, vllm_config, parallel)
+    async with _running(specs, handshake, addresses, shutdown or SHUTDOWN) as cores:
+        yield cores
+
+
+def _default_start_method() -> StartMethod:
+    """The start method vLLM would use for its engines (``fork`` unless CUDA is up)."""
+    from vllm.utils.system_utils import get_mp_context
+
+    method: StartMethod = get_mp_context().get_start_method()
+    return method
+
+
+def _coordinator_specs(
+    vllm_config: VllmConfig,
+    addresses: EngineZmqAddresses,
+    start_method: StartMethod,
+    ready_timeout: float | None,
+) -> list[ProcessSpec]:
+    """The DP coordinator's spec, when vLLM needs one (else none), on the addresses
+    chosen up front: no engine waits for it to bind."""
+    if not vllm_config.needs_dp_coordinator:
+        return []
+    return [
+        ProcessSpec(
+            COORDINATOR_TARGET,
+            name=COORDINATOR,
+            kwargs={
+                "engine_count": vllm_config.parallel_config.data_parallel_size,
+                "front_publish_address": addresses.frontend_stats_publish_address,
+                "back_output_address": addresses.coordinator_output,
+                "back_publish_address": addresses.coordinator_input,
+                "enable_wave_coordination": vllm_config.model_config.is_moe,
+            },
+            start_method=start_method,
+            ready_timeout=ready_timeout,
+        )
+    ]
+
+
+def _coord_store(parallel: Any) -> tuple[Any, Any]:
+    """The TCP store vLLM's DP engines pick their group's ports through, when there are
+    several and the running vLLM has one (else None), and the parallel config that
+    names its port (a copy; the caller's is not changed)."""
+    if parallel.data_parallel_size <= 1 or not hasattr(parallel, "_coord_store_port"):
+        return None, parallel
+    from vllm.distributed.utils import create_tcp_store
+
+    store = create_tcp_store(
+        parallel.data_parallel_master_ip, 0, is_master=True, world_size=-1,
+        wait_for_workers=False,
+    )  # fmt: skip
+    parallel = copy.copy(parallel)
+    parallel._coord_store_port = store.port
+    return store, parallel
+
+
+def _engine_specs(
+    vllm_config: VllmConfig,
+    parallel: Any,
+    handshake_address: str,
+    *,
+    coord_store_port: int | None,
+    executor_class: type[Any],
+    log_stats: bool,
+    start_method: StartMethod,
+    ready_timeout: float | None,
+) -> list[ProcessSpec]:
+    """One spec per DP rank: its own copy of the config, its slice of the devices, and
+    the handshake address it reports to."""
+    specs = []
+    for rank in range(parallel.data_parallel_size):
         config, local_rank = _rank_config(vllm_config, rank)
-        if coord_store is not None:
-            config.parallel_config._coord_store_port = coord_store.port
+        if coord_store_port is not None:
+            config.parallel_config._coord_store_port = coord_store_port
         specs.append(
             ProcessSpec(
                 ENGINE_TARGET,
@@ -268,7 +319,7 @@ async def open_engine_cores(
                 kwargs={
                     "vllm_config": config,
                     "handshake_address": handshake_address,
-                    "executor_class": executor,
+                    "executor_class": executor_class,
                     "log_stats": log_stats,
                     "dp_rank": rank,
                     "local_dp_rank": local_rank,
@@ -278,20 +329,28 @@ async def open_engine_cores(
                 ready_timeout=ready_timeout,
             )
         )
-    handshake = _Handshake(handshake_address, addresses, vllm_config, parallel)
+    return specs
+
+
+@asynccontextmanager
+async def _running(
+    specs: list[ProcessSpec],
+    handshake: _Handshake,
+    addresses: EngineZmqAddresses,
+    shutdown: ShutdownPolicy,
+) -> AsyncIterator[EngineCores]:
+    """The engines' group, with their handshake served while they spawn; yields once
+    every engine is READY (over ZMQ first, then to launch). Closes the handshake's
+    socket on the way out; an error comes out unwrapped from the task group."""
     unwrapped: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(handshake.serve)
-            async with open_group(
-                specs, name="vllm-engines", shutdown=shutdown or SHUTDOWN
-            ) as group:
+            async with open_group(specs, name="vllm-engines", shutdown=shutdown) as group:
                 await handshake.done.wait()  # every engine READY over ZMQ came first
-                first = client_config(addresses, 0)
-                keys = ("input_address", "output_address", "stats_update_address")
                 yield EngineCores(
                     group=group,
-                    client_addresses={key: first[key] for key in keys},
+                    client_addresses=_first_client_addresses(addresses),
                     addresses=addresses,
                 )
     except BaseExceptionGroup as eg:
@@ -302,6 +361,13 @@ async def open_engine_cores(
         handshake.close()
     if unwrapped is not None:
         raise unwrapped
+
+
+def _first_client_addresses(addresses: EngineZmqAddresses) -> dict[str, Any]:
+    """What the first client passes to ``AsyncLLM(client_addresses=...)``."""
+    first = client_config(addresses, 0)
+    keys = ("input_address", "output_address", "stats_update_address")
+    return {key: first[key] for key in keys}
 
 
 class _Handshake:

@@ -16,6 +16,12 @@ starting every process. At entry, before vLLM is imported here, launch's forkser
 and imports vLLM's engine and worker modules; the engines are forks of it, so no engine
 imports vLLM again.
 
+Two options of launch's own, taken out before vLLM parses the rest:
+``--launch-trace FILE`` writes the engines' startup timeline (a Chrome trace, the
+format of ``launch trace``) once they are READY; ``--no-prefetch`` turns off reading a
+local model's weight files into the page cache from the start (threads, cancelled at
+stop), which overlaps a cold load with the engines' start.
+
 Exit codes: 0 stopped on request (Ctrl-C, SIGTERM); 2 bad arguments or a layout this
 command does not start (multi-node, external or hybrid load balancing, headless, gRPC);
 3 startup failed; 4 a process died while serving. A failure prints, last, the process
@@ -36,7 +42,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .._spec import StartMethod
+    from .. import StartMethod
 
 USAGE = "launch vllm serve [MODEL] [vllm serve options]  (launch vllm serve --help)"
 ENGINE_PRELOAD = (
@@ -94,10 +100,12 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         try:
-            args = parse_args(argv[1:])
+            own, rest = split_own_options(argv[1:])
+            args = parse_args(rest)
         except ValueError as exc:
             _err(str(exc))
             return EXIT_USAGE
+        args.launch_trace, args.launch_prefetch = own.trace, own.prefetch
         import anyio
 
         code: int = anyio.run(serve, args, backend="asyncio", backend_options={"use_uvloop": True})
@@ -124,12 +132,13 @@ def _start_method() -> StartMethod:
     initialises CUDA (vLLM 0.26 on a GPU host does, probing pinned memory at import),
     launch's forkserver refuses to fork, since its children could not use the GPU.
     Blocking: call it in a worker thread."""
-    from .._start.forkserver import FORKSERVER, ForkserverError
+    from .. import ForkserverError
+    from ..hooks import wait_forkserver_warm
 
     if os.environ.get(START_ENV) == "spawn":
         return "spawn"
     try:
-        FORKSERVER.wait_warm()
+        wait_forkserver_warm()
     except ForkserverError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         _err(f"engines start as fresh interpreters (spawn): {first}")
@@ -145,13 +154,42 @@ def _stop_forkserver() -> None:
     """Stop launch's forkserver now rather than at exit: every child it forked has been
     reaped, and its own exit (an interpreter holding vLLM and torch) takes seconds that
     the command's exit would wait for. SIGKILL, then the usual reap."""
-    from .._start.forkserver import FORKSERVER
+    from ..hooks import forkserver_pid, stop_forkserver
 
-    pid = FORKSERVER.pid  # our unreaped child: the pid cannot have been reused
+    pid = forkserver_pid()  # our unreaped child: the pid cannot have been reused
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    FORKSERVER.stop()
+    stop_forkserver()
+
+
+def split_own_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """launch's own options (``--launch-trace FILE``, ``--no-prefetch``) out of ``argv``.
+
+    Args:
+        argv: what follows ``launch vllm serve``.
+
+    Returns:
+        The namespace of launch's options (``trace``, ``prefetch``) and the rest, for vLLM.
+
+    Raises:
+        ValueError: ``--launch-trace`` without a file.
+    """
+    own = argparse.Namespace(trace=None, prefetch=True)
+    rest: list[str] = []
+    items = iter(argv)
+    for arg in items:
+        if arg == "--launch-trace":
+            own.trace = next(items, None)
+            if own.trace is None or own.trace.startswith("-"):
+                raise ValueError("--launch-trace needs a file")
+        elif arg.startswith("--launch-trace="):
+            own.trace = arg.split("=", 1)[1]
+        elif arg == "--no-prefetch":
+            own.prefetch = False
+        else:
+            rest.append(arg)
+    return own, rest
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -213,7 +251,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def describe_failure(failure: BaseException) -> str:
     """What the command prints last on a failure: the first process that failed, its
     exception and its whole traceback (an engine's ends with its worker's)."""
-    from .._errors import LaunchFailed
+    from .. import LaunchFailed
 
     if not isinstance(failure, LaunchFailed):
         return f"{type(failure).__name__}: {failure}"
@@ -225,19 +263,44 @@ def describe_failure(failure: BaseException) -> str:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    """Start the engines (and the API servers) and serve until a signal or a failure.
+    """Start the engines (and the API servers) and serve until a signal or a failure;
+    meanwhile (unless ``args.launch_prefetch`` is False) read a local model's weight
+    files into the page cache.
 
     Args:
-        args: from :func:`parse_args`.
+        args: from :func:`parse_args` (``launch_trace``, ``launch_prefetch``: launch's
+            own options, :func:`split_own_options`).
 
     Returns:
         The exit code.
     """
     import anyio
+
+    async with anyio.create_task_group() as tg:
+        if getattr(args, "launch_prefetch", True):
+            tg.start_soon(_prefetch, args.model)
+        try:
+            code = await _serve(args)
+        finally:
+            tg.cancel_scope.cancel()  # the prefetch, if it still reads
+    return code
+
+
+async def _prefetch(model: str) -> None:
+    """``prefetch_weights`` of a local model directory; a failure to read only costs
+    the overlap (vLLM's own load reports a real problem)."""
+    from .. import prefetch_weights
+
+    with contextlib.suppress(Exception):
+        await prefetch_weights(model)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import anyio
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.usage.usage_lib import UsageContext
 
-    from .._errors import LaunchFailed
+    from .. import LaunchFailed
     from .vllm import engine_executor
     from .vllm_dp import engine_addresses, open_engine_cores
 
@@ -275,6 +338,10 @@ async def serve(args: argparse.Namespace) -> int:
             addresses=addresses,
         ) as cores:
             state["serving"] = True
+            trace = getattr(args, "launch_trace", None)
+            if trace:
+                with contextlib.suppress(OSError):
+                    cores.group.timeline.write_trace(trace)
             if count > 1:
                 await anyio.sleep_forever()  # until a signal, or a process dies
             entry = importlib.import_module(vllm_server.entry)
@@ -308,7 +375,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 def _launch_failure(exc: BaseException) -> Any:
     """The ``LaunchFailed`` in ``exc`` (itself, or inside task groups' exception groups)."""
-    from .._errors import LaunchFailed
+    from .. import LaunchFailed
 
     if isinstance(exc, LaunchFailed):
         return exc
@@ -328,9 +395,7 @@ async def _run_api_servers(
     (a signal cancels; a server dying raises ``LaunchFailed``)."""
     import anyio
 
-    from .. import ProcessSpec
-    from .._group import open_group
-    from .._spec import ShutdownPolicy
+    from .. import ProcessSpec, ShutdownPolicy, open_group
     from .vllm_dp import client_config
 
     specs = [
@@ -354,9 +419,9 @@ def _multiprocess_prometheus() -> None:
     variable, so under launch's lock (children spawned later inherit it)."""
     from vllm.v1.metrics.prometheus import setup_multiprocess_prometheus
 
-    from .._start.lock import LAUNCH_LOCK
+    from ..hooks import environ_lock
 
-    with LAUNCH_LOCK:
+    with environ_lock():
         setup_multiprocess_prometheus()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._spec import ProcessSpec, StartMethod
+from .. import ProcessSpec, StartMethod
 
 MISBEHAVIOURS = {
     "crash": "raises RuntimeError before READY, after `delay` seconds (phase 'load_model')",

@@ -11,12 +11,17 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from .._errors import LaunchFailed
-from .._group import Group, open_group
-from .._pipeline import Pipeline, open_pipeline
-from .._pipeline_spec import PipelineSpec
-from .._serve import serve_until_stopped
-from .._spec import ProcessSpec, ShutdownPolicy
+from .. import (
+    Group,
+    LaunchFailed,
+    Pipeline,
+    PipelineSpec,
+    ProcessSpec,
+    ShutdownPolicy,
+    open_group,
+    open_pipeline,
+)
+from ..hooks import serve_until_stopped
 
 
 class Launcher:

@@ -27,7 +27,7 @@ import secrets
 import time
 from typing import Any
 
-from .._start.lock import LAUNCH_LOCK
+from ..hooks import environ_lock, forkserver_pid
 
 TOKEN_ENV = "LAUNCH_TESTING_TOKENS"
 """Environment variable listing (``:``-separated) the tokens of the leak-checking
@@ -45,7 +45,7 @@ def session_token() -> str:
     is not there yet. A forked child makes its own, appended to the inherited list, so a
     nested session sees only its own processes and its parent session still sees them."""
     global _token
-    with LAUNCH_LOCK:
+    with environ_lock():
         if _token is None or _token[0] != os.getpid():
             _token = (os.getpid(), f"{os.getpid()}-{secrets.token_hex(8)}")
         token = _token[1]
@@ -112,10 +112,8 @@ class ProcessWatch:
     def _allowed(self) -> set[int]:
         from multiprocessing import resource_tracker
 
-        from .._start.forkserver import FORKSERVER
-
         tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
-        return self.before | {FORKSERVER.pid or -1, tracker or -1}
+        return self.before | {forkserver_pid() or -1, tracker or -1}
 
     def _marked(self, pid: int) -> Any | None:
         """The process ``pid`` if it is of this user and carries our token, else None."""

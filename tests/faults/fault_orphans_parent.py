@@ -25,10 +25,10 @@ import time
 import anyio
 
 import launch
+from launch._spec import START_METHODS
 
 HELD_FDS = 1100
 BALLAST = 64 << 20  # bytes, every page touched
-METHODS = ("spawn", "forkserver", "fork")
 SHUTDOWN = launch.ShutdownPolicy(stop_timeout=2.0, term_timeout=0.5, kill_timeout=2.0)
 
 
@@ -54,7 +54,7 @@ async def family(mode: str) -> None:
             kwargs={"mode": kind},
             start_method=method,  # type: ignore[arg-type]
         )
-        for method in METHODS
+        for method in START_METHODS
         for kind in ("serve", "gil")
     ]
     async with launch.open_group(specs, name="family", shutdown=SHUTDOWN) as group:
@@ -78,7 +78,7 @@ async def family(mode: str) -> None:
 
 async def emfile() -> None:
     # Everything imported and the forkserver running first: only the spawns lack fds.
-    warm = [launch.ProcessSpec("targets:serve", name=m, start_method=m) for m in METHODS]  # type: ignore[arg-type]
+    warm = [launch.ProcessSpec("targets:serve", name=m, start_method=m) for m in START_METHODS]  # type: ignore[arg-type]
     async with launch.open_group(warm, name="warm"):
         pass
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -90,7 +90,7 @@ async def emfile() -> None:
     except OSError:
         pass
     failures: dict[str, list[str]] = {}
-    for method in METHODS:
+    for method in START_METHODS:
         try:
             spec = launch.ProcessSpec("targets:serve", name="x", start_method=method)  # type: ignore[arg-type]
             async with launch.open_group([spec], name=method):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import trio.testing
 
 import launch
 from launch import ProcessSpec, ShutdownPolicy
@@ -96,10 +97,12 @@ async def test_a_stage_failing_at_once_while_another_opens_its_group(
 
 
 async def test_the_root_cause_is_the_earliest_failure_even_when_its_exit_is_slow(
-    tmp_path: Path, start_method: str
+    tmp_path: Path, start_method: str, grace_clock: trio.testing.MockClock | None
 ) -> None:
     # "early" raises first but takes 2 s over its interpreter's exit; "late" raises 0.25 s
     # after it and exits at once. The parent must not lose "early" while it exits.
+    # Under trio, early's stop_timeout passes in virtual time (no ready_timeout: nothing
+    # that a slow start could be jumped past).
     marker = str(tmp_path / "early-raised")
     specs = [
         ProcessSpec(
@@ -107,12 +110,14 @@ async def test_the_root_cause_is_the_earliest_failure_even_when_its_exit_is_slow
             name="early",
             kwargs={"marker": marker},
             start_method=start_method,  # type: ignore[arg-type]
+            ready_timeout=None,
         ),
         ProcessSpec(
             "fault_signals_targets:crash_after",
             name="late",
             kwargs={"marker": marker, "delay": 0.25},
             start_method=start_method,  # type: ignore[arg-type]
+            ready_timeout=None,
         ),
     ]
     with pytest.raises(launch.LaunchFailed) as info:

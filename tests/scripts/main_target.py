@@ -11,6 +11,7 @@ import anyio
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import launch
+from launch._spec import START_METHODS
 
 
 def work(x: int) -> None:
@@ -19,7 +20,7 @@ def work(x: int) -> None:
 
 
 async def main() -> None:
-    for method in ("spawn", "forkserver", "fork"):
+    for method in START_METHODS:
         spec = launch.ProcessSpec(work, name="w", kwargs={"x": 41}, start_method=method)  # type: ignore[arg-type]
         async with launch.open_group([spec]) as group:
             print(method, group["w"].payload, flush=True)

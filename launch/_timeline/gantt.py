@@ -6,10 +6,12 @@ backend, the current figure) changes in the host.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._timeline import BOOT, LOCK, PHASE, SERVE, SPAWN, STOP, Timeline
+from .files import output_problem
+from .model import BOOT, LOCK, PHASE, SERVE, SPAWN, STOP, Track, all_ready
 
 FIXED = {
     LOCK: ("#9e9e9e", "//"),
@@ -41,8 +43,6 @@ def chart_problem(path: Path) -> str | None:
     """
     import importlib.util
 
-    from ._trace import output_problem
-
     if path.suffix.lower() not in CHART_FORMATS:
         shown = repr(path.suffix) if path.suffix else "no suffix"
         return f"unsupported chart format ({shown}); use {', '.join(CHART_FORMATS)}"
@@ -51,8 +51,9 @@ def chart_problem(path: Path) -> str | None:
     return output_problem(path)
 
 
-def write_chart(timeline: Timeline, path: Path, *, whole: bool = False) -> Path:
-    """Draw ``timeline`` into ``path`` (format from its suffix: .png, .svg, .pdf).
+def write_chart(name: str, tracks: Sequence[Track], path: Path, *, whole: bool = False) -> Path:
+    """Draw the timeline ``name`` of ``tracks`` into ``path`` (format from its suffix:
+    .png, .svg, .pdf).
 
     By default the x axis covers startup (to the last READY, plus a margin): that is
     where the chart answers "what made startup slow". ``whole=True`` shows serving and
@@ -72,7 +73,7 @@ def write_chart(timeline: Timeline, path: Path, *, whole: bool = False) -> Path:
     except ImportError:
         raise RuntimeError(MATPLOTLIB_MISSING) from None
 
-    tracks = list(timeline.tracks)
+    tracks = list(tracks)
     phase_colours: dict[str, str] = {}
     for track in tracks:
         for piece in track.slices:
@@ -80,8 +81,8 @@ def write_chart(timeline: Timeline, path: Path, *, whole: bool = False) -> Path:
                 phase_colours[piece.name] = PALETTE[len(phase_colours) % len(PALETTE)]
 
     ends = [p.end for t in tracks for p in t.slices if whole or p.kind not in (SERVE, STOP)]
-    all_ready = timeline.all_ready
-    right = max([*ends, all_ready or 0.0, 0.001]) * 1.08
+    last_ready = all_ready(tracks)
+    right = max([*ends, last_ready or 0.0, 0.001]) * 1.08
 
     fig = Figure(figsize=(10, 1.2 + 0.42 * max(1, len(tracks))), layout="constrained")
     ax: Any = fig.add_subplot()
@@ -104,11 +105,11 @@ def write_chart(timeline: Timeline, path: Path, *, whole: bool = False) -> Path:
             )
         if track.ready is not None and track.ready <= right:
             ax.plot([track.ready], [row], marker="|", color="#1b5e20", markersize=14)
-    if all_ready is not None:
-        ax.axvline(all_ready, color="#1b5e20", linestyle="--", linewidth=1)
+    if last_ready is not None:
+        ax.axvline(last_ready, color="#1b5e20", linestyle="--", linewidth=1)
         ax.annotate(
-            f"all READY {all_ready:.2f}s",
-            (all_ready, -0.75),
+            f"all READY {last_ready:.2f}s",
+            (last_ready, -0.75),
             color="#1b5e20",
             fontsize=8,
             ha="right",
@@ -120,12 +121,12 @@ def write_chart(timeline: Timeline, path: Path, *, whole: bool = False) -> Path:
     ax.set_xlabel("seconds from start")
     ax.grid(axis="x", color="#eeeeee")
     ax.set_axisbelow(True)
-    ax.set_title(f"startup of {timeline.name!r}", loc="left", fontsize=10)
+    ax.set_title(f"startup of {name!r}", loc="left", fontsize=10)
     legend = [
         Patch(facecolor=FIXED[LOCK][0], hatch="//", edgecolor="#616161", label="lock wait"),
         Patch(facecolor=FIXED[SPAWN][0], label="spawn"),
         Patch(facecolor=FIXED[BOOT][0], label="interpreter / import target"),
-        *(Patch(facecolor=c, label=name) for name, c in phase_colours.items()),
+        *(Patch(facecolor=c, label=phase) for phase, c in phase_colours.items()),
         Patch(facecolor=FIXED[SERVE][0], label="READY, serving"),
     ]
     if whole:

@@ -6,28 +6,39 @@ child has a ``startup`` slice from its spawn request to READY with the launch-lo
 the spawn, the interpreter start, the target import and every ``launch.phase`` nested
 inside it, then ``serving`` and ``stopping``; READY is an instant event. A stage's
 device-lock wait is a thread of its own. ``otherData.launch`` keeps what
-:func:`read_trace` needs to rebuild the :class:`Timeline`.
+:func:`read_trace` needs to rebuild the timeline.
+
+Reads and writes the parts of a timeline (name, origin, tracks); ``Timeline`` (in
+``timeline.py``, above this module) assembles them.
 """
 
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from ._timeline import Slice, Timeline, Track
+from .model import Slice, Track
 
 FORMAT = "launch-timeline/1"
 _US = 1e6
 
 
-def to_trace_events(timeline: Timeline) -> dict[str, Any]:
-    """The trace-event JSON object of ``timeline``."""
+class TraceContents(NamedTuple):
+    """What a trace holds: the parts of a timeline."""
+
+    name: str
+    origin: float
+    tracks: tuple[Track, ...]
+
+
+def to_trace_events(name: str, origin: float, tracks: Sequence[Track]) -> dict[str, Any]:
+    """The trace-event JSON object of a timeline's parts."""
     events: list[dict[str, Any]] = []
     groups: dict[str, int] = {}
     tracks_meta: list[dict[str, Any]] = []
-    for index, track in enumerate(timeline.tracks):
+    for index, track in enumerate(tracks):
         if track.group not in groups:
             groups[track.group] = len(groups) + 1
             pid = groups[track.group]
@@ -72,8 +83,8 @@ def to_trace_events(timeline: Timeline) -> dict[str, Any]:
         "otherData": {
             "launch": {
                 "format": FORMAT,
-                "name": timeline.name,
-                "origin": timeline.origin,
+                "name": name,
+                "origin": origin,
                 "tracks": tracks_meta,
             }
         },
@@ -99,27 +110,15 @@ def _slice(name: str, kind: str, start: float, end: float, pid: int, tid: int) -
     }
 
 
-def output_problem(path: Path) -> str | None:
-    """Why a file cannot be written at ``path``, or None: its directory must exist (it is
-    never created) and be writable, and the path must not be a directory."""
-    if path.is_dir():
-        return "is a directory"
-    parent = path.parent
-    if not parent.is_dir():
-        return f"directory {parent} does not exist"
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        return "not writable"
-    return None
-
-
-def write_trace(timeline: Timeline, path: Path) -> Path:
-    """Write ``timeline`` to ``path`` as trace-event JSON (its directory must exist)."""
-    path.write_text(json.dumps(to_trace_events(timeline), indent=1) + "\n", encoding="utf-8")
+def write_trace(name: str, origin: float, tracks: Sequence[Track], path: Path) -> Path:
+    """Write a timeline's parts to ``path`` as trace-event JSON (its directory must exist)."""
+    events = to_trace_events(name, origin, tracks)
+    path.write_text(json.dumps(events, indent=1) + "\n", encoding="utf-8")
     return path
 
 
-def read_trace(path: Path) -> Timeline:
-    """Rebuild the Timeline from a trace written by :func:`write_trace`.
+def read_trace(path: Path) -> TraceContents:
+    """The parts of the timeline in a trace written by :func:`write_trace`.
 
     Raises ``ValueError`` naming the file if it is not such a trace.
     """
@@ -150,7 +149,7 @@ def read_trace(path: Path) -> Timeline:
         )
         for t in meta["tracks"]
     )
-    return Timeline(meta["name"], meta["origin"], tracks)
+    return TraceContents(meta["name"], meta["origin"], tracks)
 
 
 def _start(piece: Slice) -> float:
