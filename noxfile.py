@@ -161,7 +161,7 @@ def ray(session: nox.Session) -> None:
     included."""
     # ray[default]: the tests read what is left in Ray through its state API (the dashboard)
     session.install("-e", ".[ray]", "ray[default]", *group("test"))
-    session.run("pytest", "tests/ray", *session.posargs)
+    session.run("pytest", "tests/ray_cluster", *session.posargs)
 
 
 @nox.session(python=MAIN)

@@ -2,7 +2,7 @@
 the pipeline file's ``[stage.placement]`` table, and the order a placement is entered and
 left in (a recording placement that starts children on this machine).
 
-The Ray placement itself runs on a simulated cluster in tests/ray.
+The Ray placement itself runs on a simulated cluster in tests/ray_cluster.
 """
 
 from __future__ import annotations
