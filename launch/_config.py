@@ -304,13 +304,13 @@ def _stage(path: Path, data: Any, index: int, defaults: _Table, children: int) -
     if problem is not None:
         table.fail("env", problem)
     shutdown = _shutdown(table)
-    placement = _placement(table, replicas)
-    if placement is not None and devices:
+    if devices and "placement" in table.data:
         table.fail(
             "devices",
             "cannot be used with a placement: device locks are this machine's; ask for "
             "devices in the placement's bundles instead (e.g. {GPU = 1})",
         )
+    placement = _placement(table, replicas)
     specs = []
     try:
         for rank in range(replicas):
