@@ -675,25 +675,11 @@ class _Reader:
                 if name == "num_replicas":
                     stage.num_replicas = value
                 elif name in _STAGE_ATTRS:
-                    base = stage.attrs.get(name)
-                    if (
-                        name in _DEEP_MERGE_KEYS
-                        and isinstance(value, Mapping)
-                        and isinstance(base, Mapping)
-                    ):
-                        value = {**base, **value}
-                    stage.attrs[name] = value
+                    stage.attrs[name] = _overlay(name, stage.attrs.get(name), value)
                 elif name == "engine_extras" and isinstance(value, Mapping):
                     stage.engine.update(value)
                 else:
-                    base = stage.engine.get(name)
-                    if (
-                        name in _DEEP_MERGE_KEYS
-                        and isinstance(value, Mapping)
-                        and isinstance(base, Mapping)
-                    ):
-                        value = {**base, **value}
-                    stage.engine[name] = value
+                    stage.engine[name] = _overlay(name, stage.engine.get(name), value)
 
     def _topology(self) -> dict[StageId, Mapping[str, Any]] | None:
         if self.topology is None:
@@ -1111,3 +1097,11 @@ class _Reader:
             connectors=dict(connectors),
             settings={k: v for k, v in self.data.items() if k not in skip},
         )
+
+
+def _overlay(name: str, base: Any, value: Any) -> Any:
+    """A platform override's ``value`` for key ``name``: merged one level into ``base``
+    for the keys vLLM-Omni deep-merges, else replacing it."""
+    if name in _DEEP_MERGE_KEYS and isinstance(value, Mapping) and isinstance(base, Mapping):
+        return {**base, **value}
+    return value
