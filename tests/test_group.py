@@ -36,8 +36,9 @@ async def test_eight_one_second_inits_start_concurrently(start_method: str) -> N
         assert all(alive(pid) for pid in pids)
         assert group["w3"].payload == {"pid": group["w3"].pid}
         assert group["w3"].phase == "init"
-    # eight inits of 1 s each: sequential would be 8 s; the bound is coarse on purpose
-    assert elapsed < 2.0, f"all READY after {elapsed:.2f}s"
+    # eight inits of 1 s each: sequential would be 8 s, two at a time 4 s; the bound is
+    # coarse on purpose (eight interpreters starting on a loaded 2-core machine)
+    assert elapsed < 3.5, f"all READY after {elapsed:.2f}s"
     assert not any(alive(pid) for pid in pids)
     assert all(c.state is launch.ChildState.EXITED for c in group.children)
     assert all(c.exitcode == 0 for c in group.children)  # cooperative stop, clean exit

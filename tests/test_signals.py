@@ -81,20 +81,35 @@ def guard(proc: psutil.Process) -> bool:
         return False
 
 
+def wait_descendants(pid: int, at_least: int, within: float) -> list[int]:
+    """Every descendant of ``pid`` (guards included), once ``at_least`` of them that are
+    not guards exist. A guard that has not yet named itself is counted as a child here,
+    hence "at least": what matters is that each one is gone afterwards."""
+    deadline = time.monotonic() + within
+    while True:
+        children = sum(not guard(p) for p in psutil.Process(pid).children(recursive=True))
+        if children >= at_least or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert children >= at_least, f"{children} of {at_least} children started"
+    time.sleep(0.2)  # the guards of the last ones started
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_sigint_during_startup_exits_fast_and_leaves_nothing(backend: str) -> None:
     holder = start_holder(backend, 30.0)  # READY would take 30 s
     try:
         assert read_line(holder).strip() == "starting"
-        deadline = time.monotonic() + 10.0
-        descendants: list[int] = []
         want = len(START_METHODS) + 1  # the children and the forkserver
-        while len(descendants) < want and time.monotonic() < deadline:
-            time.sleep(0.1)
-            descendants = [  # a forkserver child's guard is adopted by the server: not counted
-                p.pid for p in psutil.Process(holder.pid).children(recursive=True) if not guard(p)
-            ]
-        assert len(descendants) == want, descendants
+        descendants = wait_descendants(holder.pid, at_least=want, within=10.0)
         time.sleep(0.3)  # into their init
         holder.send_signal(signal.SIGINT)
         interrupted = time.monotonic()

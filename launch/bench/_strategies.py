@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._signals import sigint_deferred
 from ._child import LAUNCH_TARGET, mp_entry
 
 _MP = multiprocessing.get_context("spawn")
@@ -81,7 +82,11 @@ class MpChild:
         self.ready = False
 
     def start(self) -> None:
-        self.process.start()
+        # A Ctrl-C landing inside start() after the spawn but before the Process records
+        # its pid would lose the child: nobody would reap it, and it would fail loudly
+        # once the bench removed its model module. It is raised once start() returns.
+        with sigint_deferred():
+            self.process.start()
         self._child_conn.close()
 
     def take_message(self) -> None:
