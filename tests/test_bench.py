@@ -38,6 +38,31 @@ def plans(
     return [ChildPlan(f"child-{i}", "synthetic", {"config": config}) for i in range(n)]
 
 
+def test_a_ctrl_c_inside_a_baseline_start_loses_no_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT arriving once the child is spawned but before ``Process.start`` has recorded
+    it: the child is still known (and reaped), the interrupt still raised."""
+    import signal
+    from multiprocessing import popen_spawn_posix
+
+    spawn = popen_spawn_posix.Popen._launch
+
+    def spawn_then_interrupt(self: object, process_obj: object) -> None:
+        spawn(self, process_obj)  # type: ignore[arg-type]
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C, before Popen.__init__ returns
+
+    monkeypatch.setattr(popen_spawn_posix.Popen, "_launch", spawn_then_interrupt)
+    with heavy_modules() as scratch:
+        (plan,) = plans(scratch, 1, payload=1024, **TINY)
+        child = MpChild(plan)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                child.start()
+            assert child.process.pid is not None, "the spawned child was lost"
+        finally:
+            stop_all([child])
+        assert child.process.exitcode is not None
+
+
 @pytest.mark.parametrize(("payload", "blocks"), [(1024, False), (1024 * 1024, True)])
 def test_spawn_start_blocks_on_child_imports_only_above_the_pipe_buffer(
     payload: int, blocks: bool
