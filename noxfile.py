@@ -115,7 +115,8 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=MAIN)
 def vllm(session: nox.Session) -> None:
     """launch's vLLM adapters against the real vllm==0.32.0 (CPU build; DEVELOPERS.md)."""
-    session.install("-e", ".", "vllm==0.32.0", TORCH, *group("test"))
+    # ray[default]: engines placed on a simulated Ray cluster (test_vllm_dp_ray.py, ~2 min)
+    session.install("-e", ".[ray]", "vllm==0.32.0", TORCH, "ray[default]", *group("test"))
     # the wheel's torchvision/torchaudio/torchcodec binaries do not match the CPU torch
     session.run("pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
     env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
@@ -136,8 +137,9 @@ open(sys.argv[1], "w").write("\\n".join(reqs) + "\\n")
 
 @nox.session(python=MAIN)
 def omni(session: nox.Session) -> None:
-    """launch's vLLM-Omni config reader and Omni's stage process, imported, against the
-    one pair that imports on the CPU torch: vllm 0.22.1 + vllm-omni 0.22.0.
+    """launch's vLLM-Omni config reader, and Omni's stage process started by launch
+    (open_omni_stages, stand-in worker), against the one pair that imports on the CPU
+    torch: vllm 0.22.1 + vllm-omni 0.22.0.
     vllm 0.22.1 pins torch 2.11.0 (a CUDA build here) and vllm-omni pins media packages
     its stage process does not import: both are installed without their dependencies."""
     session.install(TORCH, "transformers==4.57.6", "-e", ".", *group("test"))
@@ -149,9 +151,12 @@ def omni(session: nox.Session) -> None:
     session.run("python", "-c", OMNI_VLLM_REQUIREMENTS, str(reqs))
     session.install("-r", str(reqs), "omegaconf", "aenum==3.1.16", "einops", "prettytable",
                     "janus", "pydub")  # fmt: skip
-    env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    # the CUDA wheel finds no platform here: vLLM's CPU platform as a platform plugin
+    plugin = Path("tests/vllm/omni_cpu_platform").resolve()
+    env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+           "PYTHONPATH": str(plugin)}  # fmt: skip
     session.run("pytest", "tests/test_omni_config.py", "tests/vllm/test_omni_import.py",
-                *session.posargs, env=env)  # fmt: skip
+                "tests/vllm/test_omni_process.py", *session.posargs, env=env)  # fmt: skip
 
 
 @nox.session(python=MAIN)

@@ -25,6 +25,11 @@ on :class:`OmniStage` for the stage runtime. The default stage target,
 :func:`engine_stage`, runs an LLM stage's ``engine_args`` as a vLLM ``LLM`` and answers
 token requests on a ZMQ socket (:func:`ask_stage`); pass ``target=`` to run vLLM-Omni's
 own stage worker (any ``module:qualname`` taking ``stage`` and ``model``).
+
+:func:`open_omni_stages` starts vLLM-Omni's own stage process (``StageEngineCoreProc``,
+vLLM-Omni installed) for each replica's ``VllmConfig``, serves Omni's handshake, and
+gives each replica's client addresses and Omni's stage client: the part of vLLM-Omni's
+``AsyncOmniEngine`` that launches LLM stages, done by launch (docs/omni.md).
 """
 
 from __future__ import annotations
@@ -39,15 +44,20 @@ from typing import Any
 
 from .. import ConfigError, PipelineSpec, ProcessSpec, ShutdownPolicy, StageSpec, StartMethod
 from ._omni_config import StageId, deploy_pipeline, omni_topology, read_omni_config
+from ._omni_stage import OmniStageLaunch, OmniStageProcess, OmniStages, open_omni_stages
 
 __all__ = [
     "ENGINE_STAGE_TARGET",
     "OmniStage",
+    "OmniStageLaunch",
+    "OmniStageProcess",
+    "OmniStages",
     "ask_stage",
     "engine_stage",
     "omni_pipeline",
     "omni_stages",
     "omni_topology",
+    "open_omni_stages",
 ]
 
 ENGINE_STAGE_TARGET = "launch.integrations.omni:engine_stage"
