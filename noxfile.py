@@ -162,8 +162,8 @@ def omni(session: nox.Session) -> None:
 @nox.session(python=MAIN)
 def ray(session: nox.Session) -> None:
     """launch.integrations.ray on a simulated cluster (a head and two nodes on this
-    machine, ``ray.cluster_utils.Cluster``): about a minute on 2 cores, cluster start
-    included."""
+    machine, ``ray.cluster_utils.Cluster``; the node-loss tests add and remove a third):
+    about 2-3 minutes on 2 cores, cluster starts included."""
     # ray[default]: the tests read what is left in Ray through its state API (the dashboard)
     session.install("-e", ".[ray]", "ray[default]", *group("test"))
     session.run("pytest", "tests/ray_cluster", *session.posargs)
