@@ -63,6 +63,41 @@ def test_a_ctrl_c_inside_a_baseline_start_loses_no_child(monkeypatch: pytest.Mon
         assert child.process.exitcode is not None
 
 
+def test_a_ctrl_c_while_the_pool_starts_its_threads_loses_no_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGINT inside ``submit``, once the pool's new worker thread runs but before the
+    pool has recorded it (``Executor.map`` there loses that thread's child): every child
+    is still started and known, and the interrupt still raised."""
+    import signal
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from launch.bench._strategies import submit_all
+
+    start_thread = threading.Thread.start
+    fired: list[bool] = []
+
+    def start_then_interrupt(self: threading.Thread) -> None:
+        start_thread(self)
+        if not fired and threading.current_thread() is threading.main_thread():
+            fired.append(True)
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C, before submit() returns
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    with heavy_modules() as scratch:
+        children = [MpChild(plan) for plan in plans(scratch, 2, payload=1024, **TINY)]
+        try:
+            with pytest.raises(KeyboardInterrupt), ThreadPoolExecutor(max_workers=2) as pool:
+                for done in submit_all(pool, MpChild.start, children):
+                    done.result()
+            assert fired
+            assert all(child.process.pid is not None for child in children)
+        finally:
+            stop_all(children)
+        assert all(child.process.exitcode is not None for child in children)
+
+
 @pytest.mark.parametrize(("payload", "blocks"), [(1024, False), (1024 * 1024, True)])
 def test_spawn_start_blocks_on_child_imports_only_above_the_pipe_buffer(
     payload: int, blocks: bool

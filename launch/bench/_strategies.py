@@ -17,7 +17,7 @@ import resource
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +109,19 @@ class MpChild:
             self.take_message()
 
 
+def submit_all(
+    pool: ThreadPoolExecutor, start: Callable[[MpChild], None], children: Sequence[MpChild]
+) -> list[Future[None]]:
+    """``start`` each child from ``pool``, with a Ctrl-C held back until every one is
+    submitted. ``Executor.map`` would lose one: a KeyboardInterrupt raised inside
+    ``submit`` (while it waits for a new worker thread to start) leaves that thread
+    running its child's ``start()`` but unknown to the pool, so leaving the pool does
+    not wait for it, and the child is spawned after the bench has stopped the others.
+    Once every start is submitted, leaving the pool waits for all of them."""
+    with sigint_deferred():
+        return [pool.submit(start, child) for child in children]
+
+
 def wait_all_ready(children: Sequence[MpChild], deadline: float) -> None:
     """Wait until every child has sent READY; the first failure raises."""
     pending = {child.conn: child for child in children if not child.ready}
@@ -189,7 +202,8 @@ def locked(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
                 child.wait_ready(deadline)
 
         with ThreadPoolExecutor(max_workers=len(children)) as pool:
-            list(pool.map(one, children))
+            for done in submit_all(pool, one, children):
+                done.result()
         return max(started)
 
     return _run_mp(plans, timeout, body)
@@ -200,7 +214,8 @@ def threadpool(plans: Sequence[ChildPlan], timeout: float) -> StartupRun:
 
     def body(children: list[MpChild], deadline: float) -> float:
         with ThreadPoolExecutor(max_workers=len(children)) as pool:
-            list(pool.map(MpChild.start, children))
+            for done in submit_all(pool, MpChild.start, children):
+                done.result()
         started = time.monotonic()
         wait_all_ready(children, deadline)
         return started
