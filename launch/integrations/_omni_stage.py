@@ -361,27 +361,18 @@ def stage_core(
     """Target of one replica: Omni's ``StageEngineCoreProc.run_stage_core`` with the
     arguments ``spawn_stage_core`` gives it; READY to launch once the engine has done its
     handshake and enters its busy loop."""
-    from .. import phase, ready, stop_requested
-    from .vllm import exit_after_stop, stop_with_sigterm
+    from .. import phase, stop_requested
+    from .vllm import exit_after_stop, ready_from_busy_loop
 
     stage_engine_core_proc: Any = importlib.import_module("vllm_omni.engine.stage_engine_core_proc")
     StageEngineCoreProc = stage_engine_core_proc.StageEngineCoreProc
-    said_ready = False
-    run_busy_loop = StageEngineCoreProc.run_busy_loop
-
-    def run(self: Any) -> Any:
-        nonlocal said_ready
-        if not said_ready:
-            said_ready = True
-            ready({"stage_id": stage_id, "replica": replica, "pid": os.getpid()})
-            stop_with_sigterm()
-        return run_busy_loop(self)
-
     # This process is the stage's own: these two assignments touch nothing else. READY is
     # told from the busy loop's entry; Omni's parent-death signal is left out because its
     # "parent" is the thread that spawned the process (a launch worker thread, which
     # exits when idle); launch's guard stops the stage when launch's process dies.
-    StageEngineCoreProc.run_busy_loop = run
+    said_ready = ready_from_busy_loop(
+        (StageEngineCoreProc,), {"stage_id": stage_id, "replica": replica, "pid": os.getpid()}
+    )
     stage_engine_core_proc.set_death_signal = lambda _sig: None
     phase("stage engine init (executor, workers, KV cache)")
     try:
@@ -398,6 +389,6 @@ def stage_core(
         )
     except SystemExit:
         # Omni's SIGTERM handler exits 128 + SIGTERM: a stop launch asked for is clean
-        if said_ready and stop_requested():
+        if said_ready() and stop_requested():
             exit_after_stop()
         raise

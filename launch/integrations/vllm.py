@@ -303,6 +303,40 @@ def stop_with_sigterm() -> None:
     threading.Thread(target=stop_on_request, daemon=True, name="launch-stop").start()
 
 
+def ready_from_busy_loop(
+    classes: Sequence[type[Any]], payload: dict[str, Any]
+) -> Callable[[], bool]:
+    """In an engine core's own process: wrap each class's ``run_busy_loop`` so that the
+    first entry (the engine's handshake done) says READY to launch with ``payload`` and
+    starts :func:`stop_with_sigterm`. Touches only this process's classes.
+
+    Args:
+        classes: the engine classes whose busy loop may run (a subclass that does not
+            override it wraps its parent's).
+        payload: the READY payload.
+
+    Returns:
+        A function telling whether READY was said.
+    """
+    from .. import ready
+
+    said: list[bool] = []
+
+    def with_ready(run_busy_loop: Any) -> Any:
+        def run(self: Any) -> Any:
+            if not said:
+                said.append(True)
+                ready(payload)
+                stop_with_sigterm()
+            return run_busy_loop(self)
+
+        return run
+
+    for cls in classes:
+        cls.run_busy_loop = with_ready(cls.__dict__.get("run_busy_loop", cls.run_busy_loop))
+    return lambda: bool(said)
+
+
 def exit_after_stop() -> None:
     """Leave a stopped vLLM process once vLLM's shutdown has run: the interpreter's own
     teardown of torch and gloo adds ~1.5 s per stop (measured on 2 cores) and releases

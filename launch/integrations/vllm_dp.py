@@ -73,7 +73,7 @@ from vllm.v1.engine.utils import EngineHandshakeMetadata, EngineZmqAddresses
 from .. import Group, ProcessSpec, ShutdownPolicy, StartMethod, open_group
 from ..hooks import sole_exception
 from ._split_placement import SplitPlacement
-from .vllm import exit_after_stop, stop_with_sigterm
+from .vllm import exit_after_stop, ready_from_busy_loop, stop_with_sigterm
 
 if TYPE_CHECKING:
     from .ray import RayPlacement
@@ -695,24 +695,11 @@ def engine_core(
     launch once the engine has finished its handshake and enters its busy loop."""
     from vllm.v1.engine.core import DPEngineCoreProc, EngineCoreProc
 
-    from .. import phase, ready
+    from .. import phase
 
-    said_ready = False
-
-    def with_ready(run_busy_loop: Any) -> Any:
-        def run(self: Any) -> Any:
-            nonlocal said_ready
-            if not said_ready:
-                said_ready = True
-                ready({"dp_rank": dp_rank, "pid": os.getpid()})
-                stop_with_sigterm()
-            return run_busy_loop(self)
-
-        return run
-
-    # this process is the engine's own: wrapping its class here touches nothing else
-    for cls in (EngineCoreProc, DPEngineCoreProc):
-        cls.run_busy_loop = with_ready(cls.__dict__.get("run_busy_loop", cls.run_busy_loop))
+    said_ready = ready_from_busy_loop(
+        (EngineCoreProc, DPEngineCoreProc), {"dp_rank": dp_rank, "pid": os.getpid()}
+    )
     phase("engine init (executor, workers, KV cache)")
     try:
         EngineCoreProc.run_engine_core(
@@ -725,7 +712,7 @@ def engine_core(
             local_dp_rank=local_dp_rank,
         )
     except SystemExit as exc:
-        if said_ready and exc.code in (None, 0):
+        if said_ready() and exc.code in (None, 0):
             exit_after_stop()
         raise
 
