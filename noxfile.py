@@ -137,9 +137,9 @@ open(sys.argv[1], "w").write("\\n".join(reqs) + "\\n")
 
 @nox.session(python=MAIN)
 def omni(session: nox.Session) -> None:
-    """launch's vLLM-Omni config reader, and Omni's stage process started by launch
-    (open_omni_stages, stand-in worker), against the one pair that imports on the CPU
-    torch: vllm 0.22.1 + vllm-omni 0.22.0.
+    """launch's vLLM-Omni config reader, Omni's stage process started by launch
+    (open_omni_stages, stand-in worker) and Omni's engine on it (LaunchAsyncOmniEngine),
+    against the one pair that imports on the CPU torch: vllm 0.22.1 + vllm-omni 0.22.0.
     vllm 0.22.1 pins torch 2.11.0 (a CUDA build here) and vllm-omni pins media packages
     its stage process does not import: both are installed without their dependencies."""
     session.install(TORCH, "transformers==4.57.6", "-e", ".", *group("test"))
@@ -156,7 +156,8 @@ def omni(session: nox.Session) -> None:
     env = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
            "PYTHONPATH": str(plugin)}  # fmt: skip
     session.run("pytest", "tests/test_omni_config.py", "tests/vllm/test_omni_import.py",
-                "tests/vllm/test_omni_process.py", *session.posargs, env=env)  # fmt: skip
+                "tests/vllm/test_omni_process.py", "tests/vllm/test_omni_engine.py",
+                "tests/vllm/test_vllm_import_compat.py", *session.posargs, env=env)  # fmt: skip
 
 
 @nox.session(python=MAIN)

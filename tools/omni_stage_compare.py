@@ -14,10 +14,18 @@ before the clock starts, for both.
 Every stage is Omni's ``StageEngineCoreProc`` with vLLM's ``mp`` executor and the stand-in
 worker (tests/vllm/standin_worker.py): no model runs. Rounds alternate the two paths.
 
+``--engine``: the whole engine instead, Omni's ``AsyncOmniEngine`` against
+``LaunchAsyncOmniEngine`` on the same chain of ``--stages`` LLM stages (a legacy
+``stage_args`` file): time from the constructor's call until it returns (config reading,
+plans, stages, clients, orchestrator), then a stage failing in init (time to the
+constructor's error, what it is, which processes are left when it is raised).
+
     PYTHONPATH=tests/vllm:tests/vllm/omni_cpu_platform VLLM_TARGET_DEVICE=cpu \\
       VLLM_CPU_OMP_THREADS_BIND=nobind /tmp/omni-venv-22/bin/python \\
       tools/omni_stage_compare.py --stages 3 --rounds 3 --fail-rounds 2 \\
       --out docs/development/bench-raw/omni-stage-compare.json
+    ... tools/omni_stage_compare.py --engine --stages 3 --rounds 4 --fail-rounds 2 \\
+      --out docs/development/bench-raw/omni-engine-compare.json
 """
 
 from __future__ import annotations
@@ -172,6 +180,98 @@ async def launch_start(configs: list[Any], stamp: Path | None = None) -> dict[st
     return result
 
 
+# -- the whole engine: Omni's AsyncOmniEngine against LaunchAsyncOmniEngine -----------------
+
+
+def engine_config(path: Path, model: Path, loads: list[dict[str, Any]]) -> Path:
+    """A chain of LLM stages (each one's output is the next one's prompt)."""
+    stages = []
+    for i, standin in enumerate(loads):
+        stage: dict[str, Any] = {
+            "stage_id": i,
+            "engine_args": {
+                "distributed_executor_backend": "mp",
+                "skip_tokenizer_init": True,
+                "enforce_eager": True,
+                "max_model_len": 128,
+                "enable_prefix_caching": False,
+                "worker_cls": "standin_worker.StandInWorker",
+                "additional_config": {"standin": standin},
+            },
+            "final_output": i == len(loads) - 1,
+        }
+        if i:
+            stage["engine_input_source"] = [i - 1]
+        if i == len(loads) - 1:
+            stage["final_output_type"] = "text"
+        stages.append(stage)
+    path.write_text(json.dumps({"stage_args": stages}))  # JSON is YAML
+    return path
+
+
+def engine_start(path: str, model: Path, config: Path, stamp: Path | None = None) -> dict[str, Any]:
+    if path == "omni":
+        from vllm_omni.engine.async_omni_engine import AsyncOmniEngine as Engine
+    else:
+        from launch.integrations.omni import LaunchAsyncOmniEngine as Engine
+    result: dict[str, Any] = {"path": path, "load_avg_1m": os.getloadavg()[0]}
+    began = time.monotonic()
+    try:
+        engine = Engine(str(model), stage_configs_path=str(config), stage_init_timeout=600)
+    except Exception as exc:
+        result["error_s"] = time.monotonic() - began
+        result.update(failure_to_error(began, result["error_s"], stamp))
+        result["left_at_error"] = descendants()
+        result["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        chain, cause = [], exc.__cause__
+        while cause is not None:
+            chain.append(type(cause).__name__)
+            cause = cause.__cause__
+        result["cause_chain"] = chain
+        first = getattr(exc.__cause__, "first", None)
+        if first is not None:
+            result["first_failure"] = first.summary()
+            result["stage_traceback_reachable"] = bool(getattr(first, "remote_traceback", None))
+        wait_no_descendants()
+        result["cleaned_s"] = time.monotonic() - began
+        return result
+    result["constructed_s"] = time.monotonic() - began
+    engine.shutdown()
+    result["shutdown_s"] = time.monotonic() - began - result["constructed_s"]
+    return result
+
+
+def engine_main(args: argparse.Namespace, model: Path) -> list[dict[str, Any]]:
+    rounds: list[dict[str, Any]] = []
+    work = Path(tempfile.mkdtemp(prefix="omni-engine-compare-"))
+    for r in range(args.rounds):
+        order = ["omni", "launch"] if r % 2 == 0 else ["launch", "omni"]
+        for path in order:
+            config = engine_config(
+                work / "start.json", model, [{"load_s": args.load_s}] * args.stages
+            )
+            wait_no_descendants()
+            result = engine_start(path, model, config)
+            result.update(round=r, scenario="start")
+            print(json.dumps(result), flush=True)
+            rounds.append(result)
+    for r in range(args.fail_rounds):
+        order = ["omni", "launch"] if r % 2 == 0 else ["launch", "omni"]
+        for path in order:
+            stamp = work / "failed-at"
+            loads = [{"load_s": args.slow_load_s}] * (args.stages - 1)
+            config = engine_config(
+                work / "fail.json", model, [*loads, {"fail_rank": 0, "stamp": str(stamp)}]
+            )
+            wait_no_descendants()
+            result = engine_start(path, model, config, stamp)
+            result.update(round=r, scenario="fail")
+            print(json.dumps(result), flush=True)
+            rounds.append(result)
+    wait_no_descendants()
+    return rounds
+
+
 def failure_to_error(began: float, error_s: float, stamp: Path | None) -> dict[str, float]:
     """When the stand-in worker failed (its stamp, on the same monotonic clock), and how
     long after that the error reached the caller."""
@@ -189,6 +289,7 @@ def main() -> None:
     parser.add_argument("--fail-rounds", type=int, default=2)
     parser.add_argument("--load-s", type=float, default=0.5, help="each stand-in's load")
     parser.add_argument("--slow-load-s", type=float, default=20.0, help="the others' load")
+    parser.add_argument("--engine", action="store_true", help="the whole engine (see above)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -197,6 +298,8 @@ def main() -> None:
 
     assert current_platform.is_cpu(), "put tests/vllm/omni_cpu_platform on PYTHONPATH"
     model = tiny_llama(Path(tempfile.mkdtemp(prefix="omni-compare-")) / "tiny")
+    if args.engine:
+        return engine_report(args, engine_main(args, model))
     rounds: list[dict[str, Any]] = []
     for r in range(args.rounds):
         order = ["omni", "launch"] if r % 2 == 0 else ["launch", "omni"]
@@ -242,6 +345,40 @@ def main() -> None:
     report = {
         "what": "Omni LLM stages (StageEngineCoreProc, stand-in worker, no model): "
         "Omni's own launch vs launch.integrations.omni.open_omni_stages",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "versions": _versions(),
+        "stages": args.stages,
+        "load_s": args.load_s,
+        "slow_load_s": args.slow_load_s,
+        "summary": summary,
+        "rounds": rounds,
+    }
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def engine_report(args: argparse.Namespace, rounds: list[dict[str, Any]]) -> None:
+    def median(path: str, scenario: str, key: str) -> float | None:
+        values = [x[key] for x in rounds if x["path"] == path and x["scenario"] == scenario
+                  and key in x]  # fmt: skip
+        return statistics.median(values) if values else None
+
+    summary = {
+        f"{path}_{scenario}_{key}_median": median(path, scenario, key)
+        for path in ("omni", "launch")
+        for scenario, key in (
+            ("start", "constructed_s"),
+            ("start", "shutdown_s"),
+            ("fail", "error_s"),
+            ("fail", "failure_to_error_s"),
+            ("fail", "cleaned_s"),
+        )
+    }
+    report = {
+        "what": "The whole engine, constructor call to return: vLLM-Omni's AsyncOmniEngine vs "
+        "launch.integrations.omni.LaunchAsyncOmniEngine (StageEngineCoreProc stages, "
+        "stand-in worker, no model)",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": _versions(),
         "stages": args.stages,

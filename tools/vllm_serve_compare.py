@@ -7,6 +7,9 @@ stock, ...) so that drift hits both alike, after one warm-up round that is disca
 - health: the command's start until ``GET /health`` answers 200;
 - first: the command's start until one ``/v1/completions`` (1 token) has returned;
 - stop: SIGTERM until the command has exited, and what is left 0.1 s and 3 s after;
+- with ``--kill``: once /health answers, SIGKILL of the command: how long until every
+  process it had started is gone (each one's time, the slowest named; launch's forkserver
+  counted apart), and GPU memory 0.1 s, 2 s and 3 s after;
 - with ``--fail``: rank 1 of the workers raises at the end of ``load_model`` (weights on
   its GPU): the worker's failure until the command exits, its exit code, the last line it
   printed, and the processes and GPU memory left 0.1 s and 3 s after its exit;
@@ -157,6 +160,15 @@ def gpu_memory_used_mib() -> list[int]:
     return [int(x) for x in out.stdout.split()] if out.returncode == 0 else []
 
 
+def stop_with_driver() -> None:
+    """In the command's process before exec: SIGTERM when the driver dies (a driver
+    killed by a timeout must not leave a server running; SIGTERM lets either side stop
+    its engines)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -196,6 +208,64 @@ def alive(pids: set[int]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return left
+
+
+def describe(pids: set[int]) -> dict[int, str]:
+    """Each live process's name for a report: its title, or its command line's start."""
+    import psutil
+
+    names = {}
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            cmdline = " ".join(proc.cmdline())
+            names[pid] = proc.name() if "python" not in proc.name() else cmdline[:100]
+        except psutil.NoSuchProcess:
+            pass
+    return names
+
+
+def is_forkserver(label: str) -> bool:
+    return "_forkserver" in label
+
+
+def after_sigkill(
+    proc: subprocess.Popen[bytes], pids: set[int], limit: float = 10.0
+) -> dict[str, Any]:
+    """SIGKILL the command, then follow every process it had started until all are gone
+    (or ``limit``): when each went, and GPU memory 0.1 s, 2 s and 3 s after the kill."""
+    names = describe(pids)
+    killed = time.monotonic()
+    proc.kill()
+    proc.wait()
+    gone: dict[int, float] = {}
+    gpu: dict[str, list[int]] = {}
+    checkpoints = [0.1, 2.0, 3.0]
+    while time.monotonic() - killed < limit:
+        now = time.monotonic() - killed
+        live = set(alive(set(names)))
+        for pid in set(names) - live - set(gone):
+            gone[pid] = round(now, 3)
+        if checkpoints and now >= checkpoints[0]:
+            gpu[f"gpu_mib_{checkpoints.pop(0):g}s"] = gpu_memory_used_mib()
+        if not live and not checkpoints:
+            break
+        time.sleep(0.02)
+    left = sorted(set(names) - set(gone))
+    slowest = sorted(gone, key=gone.__getitem__, reverse=True)[:4]
+    others = [pid for pid in names if not is_forkserver(names[pid])]
+
+    def all_gone(group: list[int]) -> float | None:
+        return max((gone[pid] for pid in group), default=0.0) if set(group) <= set(gone) else None
+
+    return {
+        "kill_processes": len(names),
+        "kill_all_gone_s": all_gone(list(names)),
+        "kill_all_but_forkserver_gone_s": all_gone(others),
+        "kill_left": [names[pid] for pid in left],
+        "kill_slowest": [(names[pid], gone[pid]) for pid in slowest],
+        **gpu,
+    }  # fmt: skip
 
 
 def leftovers(pids: set[int], exited: float) -> dict[str, Any]:
@@ -279,6 +349,8 @@ def trial(
     fail: bool,
     timeout: float,
     env_extra: dict[str, str] | None = None,
+    kill: bool = False,
+    launch_args: list[str] | None = None,
 ) -> dict[str, Any]:
     """One start of ``command`` with ``layout``; the figures of the module docstring.
     Never raises for the command's own failure: ``error`` and ``output_tail`` say it."""
@@ -291,16 +363,19 @@ def trial(
     if fail:
         env["LAUNCH_FAIL_RANK"] = "1"
     trace = work / "launch-trace.json"
-    own = ["--launch-trace", str(trace)] if command == "launch" else []
+    own = ["--launch-trace", str(trace), *(launch_args or [])] if command == "launch" else []
     argv = [*COMMANDS[command], str(model), "--port", str(port), "--host", "127.0.0.1",
             "--served-model-name", "m", *LAYOUTS[layout], *extra, *own]  # fmt: skip
-    result: dict[str, Any] = {"command": command, "layout": layout, "fail": fail}
+    result: dict[str, Any] = {"command": command, "layout": layout, "fail": fail, "kill": kill}
+    if command == "launch" and launch_args:
+        result["launch_args"] = launch_args
     seen: set[int] = set()
     began = time.monotonic()
     output = Output(work / "output", began)  # a file: a full pipe would stall the server
     proc = subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=output.writer, stderr=subprocess.STDOUT
-    )
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=output.writer, stderr=subprocess.STDOUT,
+        preexec_fn=stop_with_driver,
+    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         while proc.poll() is None and time.monotonic() - began < timeout:
@@ -333,6 +408,11 @@ def trial(
             result["error"] = f"exited with {proc.returncode} before /health answered"
             return result
         result["health_s"] = time.monotonic() - began
+        if kill:
+            time.sleep(0.5)  # a settled tree: every process it will have while serving
+            tree_of(proc.pid, seen)
+            result.update(after_sigkill(proc, seen))
+            return result
         body: dict[str, Any] = {"model": "m", "prompt": "Hello", "max_tokens": 1}
         if "--skip-tokenizer-init" in extra:
             body["prompt"] = [5, 6]
@@ -381,12 +461,14 @@ def trial(
 def ok_runs(
     results: list[dict[str, Any]], *, warmups: bool = False
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """The measured (not warm-up unless ``warmups``, not failed, not --fail) trials by
-    (layout, command)."""
+    """The measured (not warm-up unless ``warmups``, not --fail or --kill, not failed)
+    trials by (layout, side): the command, and launch's own options after it."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
-        if not r["fail"] and (warmups or not r.get("warmup")) and "error" not in r:
-            groups.setdefault((r["layout"], r["command"]), []).append(r)
+        measured = not r["fail"] and not r.get("kill")
+        if measured and (warmups or not r.get("warmup")) and "error" not in r:
+            side = " ".join([r["command"], *r.get("launch_args", [])])
+            groups.setdefault((r["layout"], side), []).append(r)
     return groups
 
 
@@ -413,6 +495,14 @@ def summarize(results: list[dict[str, Any]]) -> str:
         if "error" in r:
             tail = "\n    ".join(r.get("output_tail", [])[-8:])
             lines.append(f"\nFAILED {r['layout']} {r['command']}: {r['error']}\n    {tail}")
+        elif r.get("kill"):
+            lines.append(
+                f"\nkill {r['layout']} {r['command']}: {r['kill_processes']} processes; all gone "
+                f"{r['kill_all_gone_s']} s, all but launch's forkserver "
+                f"{r['kill_all_but_forkserver_gone_s']} s; left {r['kill_left']}; "
+                f"slowest {r['kill_slowest']}; GPU MiB "
+                f"{r.get('gpu_mib_0.1s')} / {r.get('gpu_mib_2s')} / {r.get('gpu_mib_3s')}"
+            )
         elif r["fail"]:
             lines.append(
                 f"\nfail {r['layout']} {r['command']}: exit {r.get('exit_code')}, "
@@ -502,7 +592,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rounds", help="A-B: run rounds A..B only (0: the warm-up)")
     parser.add_argument("--fail", action="store_true", help="also inject a worker failure")
-    parser.add_argument("--no-runs", action="store_true", help="only the --fail trials")
+    parser.add_argument("--kill", action="store_true", help="also SIGKILL each command once up")
+    parser.add_argument(
+        "--launch-args", default="", help="launch's own options, e.g. --no-prefetch"
+    )
+    parser.add_argument("--no-runs", action="store_true", help="only the --fail/--kill trials")
     parser.add_argument("--cold", action="store_true", help="drop the model's page cache first")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--out", type=Path, help="results JSON, rewritten after every trial")
@@ -553,6 +647,7 @@ def main() -> int:
         failing = ["--worker-cls", "vllm_failing_worker.FailingWorker"]  # rank 1 of each engine
         fail_extra = {layout: failing for layout in LAYOUTS}
     layouts = args.layouts.split(",")
+    launch_args = args.launch_args.split()
     results: list[dict[str, Any]] = []
 
     def record(r: dict[str, Any]) -> None:
@@ -570,7 +665,7 @@ def main() -> int:
                 if args.cold:
                     drop_page_cache(args.model)
                 r = trial(command, layout, args.model, extra, fail=False, timeout=args.timeout,
-                          env_extra=env_extra)  # fmt: skip
+                          env_extra=env_extra, launch_args=launch_args)  # fmt: skip
                 r["warmup"] = round_ == 0
                 r["cold"] = args.cold
                 record(r)
@@ -579,6 +674,13 @@ def main() -> int:
             for command in sides:
                 r = trial(command, layout, args.model, extra + fail_extra[layout], fail=True,
                           timeout=args.timeout, env_extra=env_extra)  # fmt: skip
+                r["warmup"] = False
+                record(r)
+    if args.kill:
+        for layout in layouts:
+            for command in sides:
+                r = trial(command, layout, args.model, extra, fail=False, timeout=args.timeout,
+                          env_extra=env_extra, kill=True, launch_args=launch_args)  # fmt: skip
                 r["warmup"] = False
                 record(r)
     print(summarize(results))

@@ -26,6 +26,9 @@ on :class:`OmniStage` for the stage runtime. The default stage target,
 token requests on a ZMQ socket (:func:`ask_stage`); pass ``target=`` to run vLLM-Omni's
 own stage worker (any ``module:qualname`` taking ``stage`` and ``model``).
 
+:class:`LaunchAsyncOmniEngine` is vLLM-Omni's own orchestrator (``AsyncOmniEngine``)
+with its LLM stages started that way, as one launch group held for the engine's life.
+
 :func:`open_omni_stages` starts vLLM-Omni's own stage process (``StageEngineCoreProc``,
 vLLM-Omni installed) for each replica's ``VllmConfig``, serves Omni's handshake, and
 gives each replica's client addresses and Omni's stage client: the part of vLLM-Omni's
@@ -40,18 +43,23 @@ import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import ConfigError, PipelineSpec, ProcessSpec, ShutdownPolicy, StageSpec, StartMethod
 from ._omni_config import StageId, deploy_pipeline, omni_topology, read_omni_config
 from ._omni_stage import OmniStageLaunch, OmniStageProcess, OmniStages, open_omni_stages
 
+if TYPE_CHECKING:
+    from ._omni_engine import LaunchAsyncOmniEngine, StageRefused
+
 __all__ = [
     "ENGINE_STAGE_TARGET",
+    "LaunchAsyncOmniEngine",
     "OmniStage",
     "OmniStageLaunch",
     "OmniStageProcess",
     "OmniStages",
+    "StageRefused",
     "ask_stage",
     "engine_stage",
     "omni_pipeline",
@@ -61,6 +69,30 @@ __all__ = [
 ]
 
 ENGINE_STAGE_TARGET = "launch.integrations.omni:engine_stage"
+
+# Subclasses of vLLM-Omni's engine: importing them imports vLLM-Omni, so only on demand
+_ENGINE_NAMES = ("LaunchAsyncOmniEngine", "StageRefused")
+
+
+def __getattr__(name: str) -> Any:
+    """``LaunchAsyncOmniEngine`` and ``StageRefused``, imported (with vLLM-Omni) when
+    first asked for (see :mod:`launch.integrations._omni_engine`).
+
+    Args:
+        name: The attribute.
+
+    Returns:
+        The class.
+
+    Raises:
+        AttributeError: No such name.
+        ImportError: vLLM-Omni is not installed.
+    """
+    if name in _ENGINE_NAMES:
+        from . import _omni_engine
+
+        return getattr(_omni_engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,11 @@ import inspect
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -335,6 +336,37 @@ def ready_from_busy_loop(
     for cls in classes:
         cls.run_busy_loop = with_ready(cls.__dict__.get("run_busy_loop", cls.run_busy_loop))
     return lambda: bool(said)
+
+
+def remove_ipc_sockets(addresses: Iterable[str | None]) -> None:
+    """Remove the socket files of the ``ipc://`` addresses launch picked, once nothing
+    connects to them again: ZMQ leaves each one behind in the temp directory. Only a
+    socket of this user is removed (a sticky temp directory keeps others from swapping it).
+
+    Args:
+        addresses: ZMQ addresses; other than ``ipc://`` ones (and None) are skipped.
+    """
+    for address in addresses:
+        if not address or not address.startswith("ipc://"):
+            continue
+        path = address.removeprefix("ipc://")
+        try:
+            st = os.lstat(path)
+            if stat.S_ISSOCK(st.st_mode) and st.st_uid == os.getuid():
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+def zmq_addresses_of(addresses: Any) -> list[str | None]:
+    """Every address in vLLM's ``EngineZmqAddresses``: clients', coordinator's, stats'."""
+    return [
+        *addresses.inputs,
+        *addresses.outputs,
+        addresses.coordinator_input,
+        addresses.coordinator_output,
+        addresses.frontend_stats_publish_address,
+    ]
 
 
 def exit_after_stop() -> None:

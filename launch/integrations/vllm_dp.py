@@ -62,20 +62,23 @@ import msgspec
 import zmq
 from vllm.config import VllmConfig
 from vllm.platforms import current_platform
-from vllm.utils.network_utils import (
-    ZmqListener,
-    get_open_zmq_ipc_path,
-    get_tcp_uri,
-    make_zmq_listener,
-)
+from vllm.utils.network_utils import get_open_zmq_ipc_path, get_tcp_uri
 from vllm.v1.engine.utils import EngineHandshakeMetadata, EngineZmqAddresses
 
 from .. import Group, ProcessSpec, ShutdownPolicy, StartMethod, open_group
 from ..hooks import sole_exception
 from ._split_placement import SplitPlacement
-from .vllm import exit_after_stop, ready_from_busy_loop, stop_with_sigterm
+from .vllm import (
+    exit_after_stop,
+    ready_from_busy_loop,
+    remove_ipc_sockets,
+    stop_with_sigterm,
+    zmq_addresses_of,
+)
 
 if TYPE_CHECKING:
+    from vllm.utils.network_utils import ZmqListener
+
     from .ray import RayPlacement
 
 ENGINE_TARGET = "launch.integrations.vllm_dp:engine_core"
@@ -168,6 +171,14 @@ def _placed_addresses(
     on this machine)."""
     if api_server_count < 1:
         raise ValueError(f"api_server_count must be at least 1, got {api_server_count}")
+    try:  # newer vLLMs (0.32; not 0.26): a client adopts a listener bound beforehand
+        from vllm.utils.network_utils import make_zmq_listener
+    except ImportError as exc:
+        version = importlib.import_module("vllm").__version__
+        raise ImportError(
+            f"placed engines need a vLLM whose clients adopt bound listeners "
+            f"(vllm.utils.network_utils.make_zmq_listener), not vllm {version}"
+        ) from exc
     listeners: list[ZmqListener] = []
     try:
         for _ in range(api_server_count):
@@ -382,16 +393,20 @@ async def open_engine_cores(
     listeners: list[ZmqListener] = []
     coord_store, parallel = None, vllm_config.parallel_config
     host = ""
+    picked: list[str | None] = []  # ipc addresses chosen here: their files are ours
     if placement is not None:
         host = _driver_host(vllm_config.parallel_config)
         addresses, listeners = _placed_addresses(vllm_config, api_server_count, host)
+        picked.append(addresses.frontend_stats_publish_address)
         handshake_bind = get_tcp_uri(host, 0)
     else:
         if addresses is None:
             addresses = engine_addresses(vllm_config, api_server_count)
+            picked += zmq_addresses_of(addresses)
         # a local of this frame: the store serves the engines' port picks while they run
         coord_store, parallel = _coord_store(vllm_config.parallel_config)
         handshake_bind = get_open_zmq_ipc_path()
+        picked.append(handshake_bind)
     handshake: _Handshake | None = None
     try:
         handshake = _Handshake(
@@ -428,6 +443,7 @@ async def open_engine_cores(
             handshake.close()
         for listener in listeners:
             listener.close()  # no-op for one a client adopted
+        remove_ipc_sockets(picked)
 
 
 def _default_start_method() -> StartMethod:

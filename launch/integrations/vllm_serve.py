@@ -301,7 +301,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from vllm.usage.usage_lib import UsageContext
 
     from .. import LaunchFailed
-    from .vllm import engine_executor
+    from .vllm import engine_executor, remove_ipc_sockets, zmq_addresses_of
     from .vllm_dp import engine_addresses, open_engine_cores
 
     count: int = args.api_server_count
@@ -367,6 +367,7 @@ async def _serve(args: argparse.Namespace) -> int:
             raise
     finally:
         sock.close()
+        remove_ipc_sockets(zmq_addresses_of(addresses))
     if failure is not None:
         _err(describe_failure(failure))
         return EXIT_DIED if state["serving"] else EXIT_STARTUP

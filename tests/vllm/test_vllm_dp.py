@@ -5,6 +5,7 @@ stand-in worker. Run with ``nox -s vllm``."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,6 +49,7 @@ async def test_dp_engines_start_as_one_group_and_serve_an_async_llm(
     from vllm import SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from launch.integrations.vllm import zmq_addresses_of
     from launch.integrations.vllm_dp import open_engine_cores
 
     config = dp_config(model_dir, dp=dp, tp=tp, load_s=0.1)
@@ -57,6 +59,12 @@ async def test_dp_engines_start_as_one_group_and_serve_an_async_llm(
         engines = [c for c in cores.group.children if c.name.startswith("EngineCore")]
         assert [c.payload["dp_rank"] for c in engines] == list(range(dp))
         llm = AsyncLLM.from_vllm_config(config, client_addresses=cores.client_addresses)
+        sockets = [
+            address.removeprefix("ipc://")
+            for address in zmq_addresses_of(cores.addresses)
+            if address and address.startswith("ipc://")
+        ]
+        assert sockets and all(os.path.exists(path) for path in sockets)
         try:
 
             async def generate(prompt: list[int]) -> list[int]:
@@ -72,6 +80,8 @@ async def test_dp_engines_start_as_one_group_and_serve_an_async_llm(
         finally:
             llm.shutdown()
     assert all(child.exitcode is not None for child in cores.group.children)
+    # the addresses were launch's pick: their socket files go with the group
+    assert [path for path in sockets if os.path.exists(path)] == []
     assert (
         config.parallel_config.assigned_physical_gpu_ids,
         config.parallel_config.world_size,
@@ -132,3 +142,27 @@ def test_each_engine_sees_only_its_own_devices(monkeypatch: pytest.MonkeyPatch) 
     )
     assert vllm_dp.engine_device_env(0, 2) == {"CUDA_VISIBLE_DEVICES": "4,5"}
     assert vllm_dp.engine_device_env(1, 2) == {"CUDA_VISIBLE_DEVICES": "6,7"}
+
+
+def test_only_this_users_socket_files_are_removed(tmp_path: Path) -> None:
+    import socket
+
+    from launch.integrations.vllm import remove_ipc_sockets
+
+    def bound(name: str) -> Path:
+        path = tmp_path / name
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))  # the file stays after close, as ZMQ's does
+        return path
+
+    ours, regular, link = bound("ours"), tmp_path / "regular", tmp_path / "link"
+    regular.write_text("not a socket")
+    link.symlink_to(bound("target"))
+    others = bound("others") if os.getuid() == 0 else None
+    if others is not None:
+        os.chown(others, 65534, 65534)
+    addresses = [f"ipc://{p}" for p in (ours, regular, link, others) if p is not None]
+    remove_ipc_sockets([*addresses, None, "tcp://127.0.0.1:5555", f"ipc://{tmp_path}/gone"])
+    assert not ours.exists()
+    assert regular.exists() and link.is_symlink() and (tmp_path / "target").exists()
+    assert others is None or others.exists()

@@ -9,8 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "vllm_serve_compare.py"
+# each test starts both commands in turn (a minute each on 2 busy cores); the driver's
+# own subprocess timeout bounds it
+pytestmark = pytest.mark.timeout(450)
 
 
 def test_the_serve_comparison_driver_runs_both_commands(model_dir: Path, tmp_path: Path) -> None:
