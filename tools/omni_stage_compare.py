@@ -326,39 +326,34 @@ def main() -> None:
             print(json.dumps(result), flush=True)
             rounds.append(result)
     wait_no_descendants()
-
-    def median(path: str, scenario: str, key: str) -> float | None:
-        values = [x[key] for x in rounds if x["path"] == path and x["scenario"] == scenario
-                  and key in x]  # fmt: skip
-        return statistics.median(values) if values else None
-
-    summary = {
-        f"{path}_{scenario}_{key}_median": median(path, scenario, key)
-        for path in ("omni", "launch")
-        for scenario, key in (
-            ("start", "all_ready_s"),
-            ("fail", "error_s"),
-            ("fail", "failure_to_error_s"),
-            ("fail", "cleaned_s"),
-        )
-    }
-    report = {
-        "what": "Omni LLM stages (StageEngineCoreProc, stand-in worker, no model): "
+    write_report(
+        args,
+        "Omni LLM stages (StageEngineCoreProc, stand-in worker, no model): "
         "Omni's own launch vs launch.integrations.omni.open_omni_stages",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "versions": _versions(),
-        "stages": args.stages,
-        "load_s": args.load_s,
-        "slow_load_s": args.slow_load_s,
-        "summary": summary,
-        "rounds": rounds,
-    }
-    print(json.dumps(summary, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        rounds,
+        [("start", "all_ready_s"), ("fail", "error_s"), ("fail", "failure_to_error_s"),
+         ("fail", "cleaned_s")],
+    )  # fmt: skip
 
 
 def engine_report(args: argparse.Namespace, rounds: list[dict[str, Any]]) -> None:
+    write_report(
+        args,
+        "The whole engine, constructor call to return: vLLM-Omni's AsyncOmniEngine vs "
+        "launch.integrations.omni.LaunchAsyncOmniEngine (StageEngineCoreProc stages, "
+        "stand-in worker, no model)",
+        rounds,
+        [("start", "constructed_s"), ("start", "shutdown_s"), ("fail", "error_s"),
+         ("fail", "failure_to_error_s"), ("fail", "cleaned_s")],
+    )  # fmt: skip
+
+
+def write_report(
+    args: argparse.Namespace, what: str, rounds: list[dict[str, Any]], keys: list[tuple[str, str]]
+) -> None:
+    """Print the medians of ``keys`` (scenario, figure) for both paths; write every round
+    and them to ``--out``."""
+
     def median(path: str, scenario: str, key: str) -> float | None:
         values = [x[key] for x in rounds if x["path"] == path and x["scenario"] == scenario
                   and key in x]  # fmt: skip
@@ -367,18 +362,10 @@ def engine_report(args: argparse.Namespace, rounds: list[dict[str, Any]]) -> Non
     summary = {
         f"{path}_{scenario}_{key}_median": median(path, scenario, key)
         for path in ("omni", "launch")
-        for scenario, key in (
-            ("start", "constructed_s"),
-            ("start", "shutdown_s"),
-            ("fail", "error_s"),
-            ("fail", "failure_to_error_s"),
-            ("fail", "cleaned_s"),
-        )
+        for scenario, key in keys
     }
     report = {
-        "what": "The whole engine, constructor call to return: vLLM-Omni's AsyncOmniEngine vs "
-        "launch.integrations.omni.LaunchAsyncOmniEngine (StageEngineCoreProc stages, "
-        "stand-in worker, no model)",
+        "what": what,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "versions": _versions(),
         "stages": args.stages,
